@@ -1,0 +1,1 @@
+"""vlmlens: mechanistic interpretability for vision-language models."""
