@@ -1,0 +1,390 @@
+"""HookedVLM: one named-hook model over LLaVA, PaliGemma and Qwen2-VL, built on nnsight.
+
+Example:
+    >>> from vlmlens.testing import tiny_vlm, tiny_images
+    >>> model = tiny_vlm("llava")
+    >>> batch = model.prepare(tiny_images(1), ["Is there a cat in the image?"])
+    >>> with model.trace(batch):
+    ...     resid = model.envoy("text.blocks.0.hook_resid_post").output.save()
+    >>> tuple(resid.shape)[-1] == model.d_model
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import nnsight
+import torch
+from torch import nn
+
+from vlmlens.adapters import Adapter, get_adapter
+from vlmlens.errors import InputError, SiteCheckError, SiteNotFoundError
+from vlmlens.hooks import InstalledHooks, install
+from vlmlens.inputs import Batch, prepare_batch
+from vlmlens.sites import BLOCK_POINTS, Point, Site, Tower, as_point, site_names
+
+__all__ = ["HookedVLM", "Generation", "TowerAccessor"]
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Generated continuations.
+
+    Attributes:
+        texts: decoded new text, ``batch * num_return_sequences`` entries (sample-major).
+        token_ids: the new tokens, ``(batch * num_return_sequences, new_tokens)``.
+        scores: log-probabilities of the chosen tokens, same shape as ``token_ids``.
+    """
+
+    texts: tuple[str, ...]
+    token_ids: torch.Tensor
+    scores: torch.Tensor
+
+
+class _LayerIndexer:
+    def __init__(self, model: HookedVLM, tower: Tower, point: Point) -> None:
+        self._model, self._tower, self._point = model, tower, point
+
+    def __getitem__(self, layer: int) -> Site:
+        return self._model.site(Site(self._tower, self._point, self._model._layer(self._tower, layer)))
+
+    def __len__(self) -> int:
+        return self._model.n_layers if self._tower is Tower.TEXT else self._model.n_vision_layers
+
+
+class TowerAccessor:
+    """Attribute access to sites: ``model.text.resid_post[3]``, ``model.vision.pattern[0]``, ``model.text.embed``."""
+
+    def __init__(self, model: HookedVLM, tower: Tower) -> None:
+        self._model, self._tower = model, tower
+
+    def __getattr__(self, name: str) -> Site | _LayerIndexer:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            point = as_point(name)
+        except SiteNotFoundError as err:
+            raise AttributeError(str(err)) from None
+        if point in BLOCK_POINTS:
+            return _LayerIndexer(self._model, self._tower, point)
+        return self._model.site(Site(self._tower, point))
+
+    def __dir__(self) -> list[str]:
+        return sorted({s.short for s in self._model.sites() if s.tower is self._tower})
+
+
+class HookedVLM:
+    """A Hugging Face VLM with a named hook at every head, residual stream and neuron.
+
+    Build it with :meth:`from_pretrained` or :meth:`from_hf`. Sites are named the same
+    way in every family (see :mod:`vlmlens.sites`); :meth:`envoy` gives the nnsight
+    envoy of a site inside :meth:`trace`, and the free functions in :mod:`vlmlens.ops`
+    cache, ablate, patch and steer through them.
+
+    Attributes:
+        hf_model: the wrapped transformers model (hook points installed, eager attention).
+        processor: its processor.
+        adapter: the family adapter.
+        nn: the nnsight wrapper of ``hf_model``.
+    """
+
+    def __init__(self, hf_model: nn.Module, processor: Any, *, check: bool = True) -> None:
+        self.adapter: Adapter = get_adapter(type(hf_model).__name__)
+        self.hf_model = hf_model.eval()
+        self.processor = processor
+        self._hooks: InstalledHooks
+        self._hooks, self.n_layers, self.n_vision_layers = install(hf_model, self.adapter)
+        self.nn = nnsight.NNsight(hf_model)
+        self._sites = site_names(self.n_layers, self.n_vision_layers)
+        self._order = {site: i for i, site in enumerate(self._sites)}
+        self.text = TowerAccessor(self, Tower.TEXT)
+        self.vision = TowerAccessor(self, Tower.VISION)
+        self.projector = TowerAccessor(self, Tower.PROJECTOR)
+        if check:
+            self.check_sites()
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def from_hf(cls, hf_model: nn.Module, processor: Any, *, check: bool = True) -> HookedVLM:
+        """Wrap an already loaded transformers model and its processor."""
+        return cls(hf_model, processor, check=check)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        *,
+        dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+        device_map: str | dict | None = None,
+        **kwargs: Any,
+    ) -> HookedVLM:
+        """Load a checkpoint: a zoo name (``toy-llava``), a hub id or a local directory.
+
+        Args:
+            name_or_path: e.g. ``"llava-hf/llava-1.5-7b-hf"``, ``"toy-paligemma"`` or a path.
+            dtype: parameter dtype (default: the checkpoint's, fp32 on CPU).
+            device: move the model here after loading (ignored with ``device_map``).
+            device_map: passed to transformers (``"auto"`` shards over GPUs).
+            **kwargs: passed to ``from_pretrained`` of the model class.
+        """
+        from transformers import AutoConfig, AutoProcessor
+
+        from vlmlens.zoo import registry
+
+        name = str(name_or_path)
+        path = registry.checkpoint_path(name) if name in registry.ZOO else name
+        config = AutoConfig.from_pretrained(path)
+        architecture = (config.architectures or [type(config).__name__])[0]
+        adapter = get_adapter(architecture)
+        import transformers
+
+        model_cls = getattr(transformers, adapter.architecture)
+        load_kwargs: dict[str, Any] = {"attn_implementation": "eager", **kwargs}
+        if dtype is not None:
+            load_kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        if device_map is not None:
+            load_kwargs["device_map"] = device_map
+        hf_model = model_cls.from_pretrained(path, **load_kwargs)
+        if device is not None and device_map is None:
+            hf_model = hf_model.to(device)
+        processor = AutoProcessor.from_pretrained(path)
+        return cls(hf_model, processor)
+
+    # ---------------------------------------------------------------- config
+    @property
+    def family(self) -> str:
+        return self.adapter.family
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    @property
+    def text_config(self) -> Any:
+        return getattr(self.hf_model.config, self.adapter.text.config)
+
+    @property
+    def vision_config(self) -> Any:
+        return getattr(self.hf_model.config, self.adapter.vision.config)
+
+    @property
+    def d_model(self) -> int:
+        return self.text_config.hidden_size
+
+    @property
+    def n_heads(self) -> int:
+        return getattr(self.text_config, self.adapter.text.n_heads)
+
+    @property
+    def n_kv_heads(self) -> int:
+        name = self.adapter.text.n_kv_heads
+        return getattr(self.text_config, name) if name else self.n_heads
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    def module(self, path: str) -> nn.Module:
+        """A submodule of the wrapped model by dotted path."""
+        return self.hf_model.get_submodule(path)
+
+    @property
+    def unembed(self) -> nn.Module:
+        return self.module(self.adapter.lm_head)
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.module(self.adapter.text.final_norm)
+
+    # ---------------------------------------------------------------- sites
+    def sites(self) -> list[Site]:
+        """Every site of this model, in the order the forward pass reaches them."""
+        return list(self._sites)
+
+    def _layer(self, tower: Tower, layer: int) -> int:
+        n = self.n_layers if tower is Tower.TEXT else self.n_vision_layers
+        if not isinstance(layer, int) or not -n <= layer < n:
+            raise SiteNotFoundError(
+                f"layer {layer!r} is out of range for the {tower.value} tower: valid layers are 0..{n - 1} "
+                f"(or -{n}..-1 from the end)"
+            )
+        return layer % n
+
+    def site(self, site: Site | str) -> Site:
+        """Parse a site and check it exists on this model (layer range included).
+
+        Raises:
+            SiteNotFoundError: unknown name or layer out of range; the message names the valid options.
+        """
+        site = Site.parse(site)
+        if site.layer is not None:
+            self._layer(site.tower, site.layer)
+        if site not in self._order:
+            raise SiteNotFoundError(f"site {site} does not exist on this {self.family} model")
+        return site
+
+    def site_order(self, site: Site) -> int:
+        """Position of a site in forward order (for sorting interventions)."""
+        return self._order[site]
+
+    def hook_path(self, site: Site | str) -> str:
+        """Dotted module path (from ``hf_model``) of a site's hook point."""
+        return self._hooks.paths[self.site(site)]
+
+    def envoy(self, site: Site | str) -> Any:
+        """The nnsight envoy of a site's hook point; use ``.output`` inside :meth:`trace`."""
+        envoy = self.nn
+        for part in self.hook_path(site).split("."):
+            envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
+        return envoy
+
+    @contextlib.contextmanager
+    def result_hooks(self, layers: set[tuple[Tower, int]] | None = None) -> Iterator[None]:
+        """Compute per-head ``attn.hook_result`` while inside (all layers, or the given ones).
+
+        Per-head results cost ``batch seq head d_model`` memory, so they are off by default;
+        the attention output is rebuilt from them while on (equal up to float rounding).
+        """
+        self._hooks.set_result(True, layers)
+        try:
+            yield
+        finally:
+            self._hooks.set_result(False)
+
+    # ---------------------------------------------------------------- running
+    def prepare(
+        self,
+        images: Any,
+        questions: Sequence[str] | str,
+        *,
+        suffix: bool = False,
+        padding_side: Literal["left", "right"] = "left",
+    ) -> Batch:
+        """Apply the family's prompt template and processor; return tensors and their TokenLayout.
+
+        Args:
+            images: one PIL image per question (or a list of images per question).
+            questions: the question texts.
+            suffix: append "Answer the question using a single word or phrase."
+            padding_side: pad a batch on the left (default, right for generation) or right.
+        """
+        batch = prepare_batch(
+            self.adapter, self.hf_model.config, self.processor, images, questions,
+            suffix=suffix, padding_side=padding_side,
+        )
+        return batch.to(self.device)
+
+    def _inputs(self, batch: Batch | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if isinstance(batch, Batch):
+            return batch.inputs
+        if isinstance(batch, dict) and "input_ids" in batch:
+            return dict(batch)
+        raise InputError(f"expected a Batch from model.prepare() or a dict of processor tensors, got {type(batch).__name__}")
+
+    def forward(self, batch: Batch | dict[str, torch.Tensor]) -> torch.Tensor:
+        """Plain forward (no tracing): logits ``batch seq vocab``."""
+        with torch.no_grad():
+            return self.hf_model(**self._inputs(batch)).logits
+
+    __call__ = forward
+
+    def trace(self, batch: Batch | dict[str, torch.Tensor], **kwargs: Any) -> Any:
+        """An nnsight tracing context over one forward of ``batch``.
+
+        Inside it, ``model.envoy(site).output`` reads or replaces a site (in forward order).
+        """
+        return self.nn.trace(**self._inputs(batch), **kwargs)
+
+    def generate(
+        self,
+        batch: Batch | dict[str, torch.Tensor],
+        max_new_tokens: int = 8,
+        *,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        num_return_sequences: int = 1,
+        interventions: Sequence[Any] = (),
+        seed: int | None = None,
+    ) -> Generation:
+        """Generate continuations; interventions stay active at every decoding step.
+
+        The prompt (and image) is encoded once per sample; ``num_return_sequences``
+        samples share that prefix computation's inputs.
+        """
+        from vlmlens.ops.interventions import applied
+
+        inputs = self._inputs(batch)
+        if seed is not None:
+            torch.manual_seed(seed)
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": do_sample,
+            "num_return_sequences": num_return_sequences,
+            "return_dict_in_generate": True,
+            "output_scores": True,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if do_sample:
+            kwargs.update(temperature=temperature, top_p=top_p)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        layout = batch.layout if isinstance(batch, Batch) else None
+        with applied(self, interventions, layout, generation=True), torch.no_grad():
+            out = self.hf_model.generate(**inputs, **kwargs)
+        prompt_len = inputs["input_ids"].shape[1]
+        new = out.sequences[:, prompt_len:]
+        logprobs = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1)
+        scores = logprobs.gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        texts = tuple(self.tokenizer.batch_decode(new, skip_special_tokens=True))
+        return Generation(texts=texts, token_ids=new.cpu(), scores=scores.cpu())
+
+    # ---------------------------------------------------------------- checks
+    def check_sites(self) -> None:
+        """Run one dummy forward and confirm every declared site fires with a sane shape.
+
+        Raises:
+            SiteCheckError: a site never fired (it would capture nothing) or has a wrong shape.
+        """
+        from PIL import Image
+
+        seen: dict[Site, tuple[int, ...]] = {}
+        handles = []
+        for site, path in self._hooks.paths.items():
+            def record(module: nn.Module, args: Any, output: Any, site: Site = site) -> None:
+                seen.setdefault(site, tuple(output.shape))
+            handles.append(self.module(path).register_forward_hook(record))
+        size = getattr(self.vision_config, "image_size", 56)
+        try:
+            batch = self.prepare([Image.new("RGB", (size, size), (128, 128, 128))], ["Is there a cat in the image?"])
+            with self.result_hooks():
+                self.forward(batch)
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = [str(s) for s in self._sites if s not in seen]
+        if missing:
+            raise SiteCheckError(
+                f"{len(missing)} declared site(s) never fired in a dummy forward, so they would capture nothing: "
+                f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}. The adapter for "
+                f"{self.adapter.architecture} does not match this model's modules."
+            )
+        d_model = self.d_model
+        for site in (Site(Tower.TEXT, Point.RESID_POST, 0), Site(Tower.TEXT, Point.LN_FINAL)):
+            if seen[site][-1] != d_model:
+                raise SiteCheckError(f"{site} has width {seen[site][-1]}, expected d_model={d_model}")
+        pattern = seen[Site(Tower.TEXT, Point.PATTERN, 0)]
+        if pattern[1] != self.n_heads or pattern[2] != pattern[3]:
+            raise SiteCheckError(f"text attention pattern has shape {pattern}, expected (batch, {self.n_heads}, seq, seq)")
+
+    def __repr__(self) -> str:
+        return (
+            f"HookedVLM({self.adapter.architecture}, text layers={self.n_layers}, "
+            f"vision layers={self.n_vision_layers}, d_model={self.d_model}, heads={self.n_heads})"
+        )

@@ -1,0 +1,149 @@
+"""Caching activations: ``run_with_cache`` and the ActivationCache it returns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+
+from vlmlens.errors import InputError, SiteNotFoundError
+from vlmlens.inputs import Batch
+from vlmlens.ops.positions import Positions, resolve_positions
+from vlmlens.sites import Point, Site, Tower, as_point
+
+__all__ = ["ActivationCache", "run_with_cache", "select_sites", "SiteSpec"]
+
+SiteSpec = Union[None, str, Site, Iterable[Union[str, Site]], Callable[[Site], bool]]
+"""Which sites: ``None`` (all), one name or Site, a list of them, or a predicate on Site."""
+
+
+def select_sites(model: Any, sites: SiteSpec) -> list[Site]:
+    """Resolve a site spec against a model, in forward order."""
+    if sites is None:
+        chosen = model.sites()
+    elif callable(sites) and not isinstance(sites, (str, Site)):
+        chosen = [s for s in model.sites() if sites(s)]
+    elif isinstance(sites, (str, Site)):
+        chosen = [model.site(sites)]
+    else:
+        chosen = [model.site(s) for s in sites]
+    return sorted(set(chosen), key=model.site_order)
+
+
+def _select(act: torch.Tensor, site: Site, mask: torch.Tensor | None) -> torch.Tensor:
+    """Keep chosen text positions: ``batch n ...`` (or ``batch ...`` for one position per sample)."""
+    if mask is None or site.tower is not Tower.TEXT:
+        return act
+    axis = 2 if site.point is Point.PATTERN else 1
+    counts = mask.sum(1)
+    if not bool((counts == counts[0]).all()):
+        raise InputError(
+            "the chosen positions differ in count between samples; cache them with positions='all' "
+            "or choose the same number per sample"
+        )
+    index = torch.nonzero(mask)[:, 1].view(mask.shape[0], -1).to(act.device)
+    rows = torch.arange(index.shape[0], device=act.device)[:, None]
+    picked = act.transpose(1, axis)[rows, index].transpose(1, axis)
+    return picked.squeeze(axis) if index.shape[1] == 1 else picked
+
+
+@dataclass(frozen=True)
+class ActivationCache(Mapping):
+    """Activations keyed by :class:`Site`; also indexable by name or ``(short, layer)``.
+
+    Example:
+        >>> cache["text.blocks.0.hook_resid_post"] is cache["resid_post", 0]
+        True
+    """
+
+    activations: dict[Site, torch.Tensor]
+    positions: Any = None
+
+    def _key(self, key: Any) -> Site:
+        if isinstance(key, tuple):
+            short, layer, *tower = key
+            return Site(tower[0] if tower else Tower.TEXT, as_point(short), layer)
+        return Site.parse(key)
+
+    def __getitem__(self, key: Any) -> torch.Tensor:
+        site = self._key(key)
+        if site not in self.activations:
+            raise SiteNotFoundError(f"{site} was not cached; cached sites: {len(self.activations)} (see cache.keys())")
+        return self.activations[site]
+
+    def __iter__(self) -> Iterator[Site]:
+        return iter(self.activations)
+
+    def __len__(self) -> int:
+        return len(self.activations)
+
+    def stack(self, point: str | Point, tower: Tower | str = Tower.TEXT) -> torch.Tensor:
+        """Stack one point over layers: ``layer batch ...``."""
+        point = as_point(point)
+        sites = sorted((s for s in self.activations if s.point is point and s.tower.value == str(tower)),
+                       key=lambda s: s.layer)
+        if not sites:
+            raise SiteNotFoundError(f"no {tower}.blocks.*.{point.value} sites in this cache")
+        return torch.stack([self.activations[s] for s in sites])
+
+    def accumulated_resid(self, model: Any, *, apply_ln: bool = True) -> torch.Tensor:
+        """Residual stream before each text layer and after the last: ``layer+1 batch ... d_model``.
+
+        With ``apply_ln`` the model's final norm is applied to each (logit-lens ready).
+        """
+        pre = self.stack(Point.RESID_PRE)
+        last = self[Site(Tower.TEXT, Point.RESID_POST, model.n_layers - 1)]
+        resid = torch.cat([pre, last[None]])
+        if apply_ln:
+            norm = model.final_norm
+            with torch.no_grad():
+                param = next(norm.parameters())
+                resid = norm(resid.to(param.device, param.dtype)).to(resid.device)
+        return resid
+
+    def stack_head_results(self) -> torch.Tensor:
+        """Per-head results of every cached layer: ``layer batch ... head d_model``."""
+        return self.stack(Point.RESULT)
+
+
+def run_with_cache(
+    model: Any,
+    batch: Batch | dict[str, torch.Tensor],
+    *,
+    sites: SiteSpec = None,
+    positions: Positions = "all",
+    device: torch.device | str | None = "cpu",
+    interventions: Iterable[Any] = (),
+) -> tuple[torch.Tensor, ActivationCache]:
+    """One forward that returns logits and the chosen activations.
+
+    Args:
+        model: a HookedVLM.
+        batch: from ``model.prepare``.
+        sites: which sites (default all; see :data:`SiteSpec`).
+        positions: which text positions to keep, selected before anything is copied
+            (``"last"`` keeps one vector per sample). Vision and projector sites are kept whole.
+        device: where cached tensors go (``None``: leave them where they are).
+        interventions: applied during the same forward (see :mod:`vlmlens.ops.interventions`).
+
+    Returns:
+        Logits ``batch seq vocab`` (on ``device``) and the cache.
+    """
+    from vlmlens.ops.interventions import applied
+
+    chosen = select_sites(model, sites)
+    layout = batch.layout if isinstance(batch, Batch) else None
+    mask = resolve_positions(positions, layout, model._inputs(batch)["input_ids"].shape[1])
+    results = {(s.tower, s.layer) for s in chosen if s.point is Point.RESULT}
+    envoys = [(s, model.envoy(s)) for s in chosen]
+    store: dict[Site, torch.Tensor] = {}
+    with model.result_hooks(results), applied(model, interventions, layout), torch.no_grad():
+        with model.trace(batch):
+            for site, envoy in envoys:
+                act = _select(envoy.output, site, mask)
+                store[site] = act.detach().to(device) if device is not None else act.detach()
+            logits = model.nn.output.logits.save()
+    logits = logits.to(device) if device is not None else logits
+    return logits, ActivationCache(dict(store), positions)

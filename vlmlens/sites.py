@@ -1,0 +1,267 @@
+"""Hook sites: the one place hook names are built and parsed.
+
+A :class:`Site` is a typed value ``(tower, point, layer)`` whose ``str()`` is the
+TransformerLens-style name researchers know, prefixed by the tower::
+
+    text.hook_embed                       merged text+image embeddings
+    text.blocks.3.hook_resid_post         residual stream after block 3
+    text.blocks.3.attn.hook_pattern       post-softmax attention (batch head q_seq k_seq)
+    vision.blocks.0.mlp.hook_post         vision MLP neurons
+    projector.hook_out                    projected image features
+
+Example:
+    >>> from vlmlens import Site
+    >>> site = Site.parse("text.blocks.3.hook_resid_post")
+    >>> site.layer, site.short
+    (3, 'resid_post')
+    >>> str(Site.block("text", "pattern", 1))
+    'text.blocks.1.attn.hook_pattern'
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from vlmlens.errors import SiteNotFoundError
+
+__all__ = ["Tower", "Point", "Site", "BLOCK_POINTS", "HEAD_POINTS", "as_point", "site_names"]
+
+
+class Tower(str, Enum):
+    """Which part of the VLM a site lives in."""
+
+    TEXT = "text"
+    VISION = "vision"
+    PROJECTOR = "projector"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Point(str, Enum):
+    """What a site measures; the value is the name's suffix after the tower/block prefix."""
+
+    EMBED = "hook_embed"
+    LN_FINAL = "ln_final.hook_normalized"
+    PROJ_IN = "hook_in"
+    PROJ_OUT = "hook_out"
+    RESID_PRE = "hook_resid_pre"
+    RESID_MID = "hook_resid_mid"
+    RESID_POST = "hook_resid_post"
+    ATTN_OUT = "hook_attn_out"
+    MLP_OUT = "hook_mlp_out"
+    Q = "attn.hook_q"
+    K = "attn.hook_k"
+    V = "attn.hook_v"
+    Z = "attn.hook_z"
+    PATTERN = "attn.hook_pattern"
+    RESULT = "attn.hook_result"
+    MLP_PRE = "mlp.hook_pre"
+    MLP_POST = "mlp.hook_post"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def short(self) -> str:
+        """The TransformerLens-style short name (``resid_post``, ``pattern``, ``mlp_post``)."""
+        return _SHORT_OF[self]
+
+
+_SHORT_OF: dict[Point, str] = {
+    Point.EMBED: "embed",
+    Point.LN_FINAL: "ln_final",
+    Point.PROJ_IN: "proj_in",
+    Point.PROJ_OUT: "proj_out",
+    Point.RESID_PRE: "resid_pre",
+    Point.RESID_MID: "resid_mid",
+    Point.RESID_POST: "resid_post",
+    Point.ATTN_OUT: "attn_out",
+    Point.MLP_OUT: "mlp_out",
+    Point.Q: "q",
+    Point.K: "k",
+    Point.V: "v",
+    Point.Z: "z",
+    Point.PATTERN: "pattern",
+    Point.RESULT: "result",
+    Point.MLP_PRE: "mlp_pre",
+    Point.MLP_POST: "mlp_post",
+}
+_POINT_OF_SHORT: dict[str, Point] = {short: point for point, short in _SHORT_OF.items()}
+
+BLOCK_POINTS: tuple[Point, ...] = (
+    Point.RESID_PRE,
+    Point.Q,
+    Point.K,
+    Point.V,
+    Point.PATTERN,
+    Point.Z,
+    Point.RESULT,
+    Point.ATTN_OUT,
+    Point.RESID_MID,
+    Point.MLP_PRE,
+    Point.MLP_POST,
+    Point.MLP_OUT,
+    Point.RESID_POST,
+)
+"""Per-layer points, in the order they are computed inside a block."""
+
+HEAD_POINTS: frozenset[Point] = frozenset({Point.Q, Point.K, Point.V, Point.Z, Point.RESULT})
+"""Points with a head axis: ``batch seq head d_head`` (``result``: ``batch seq head d_model``)."""
+
+_TOWER_POINTS: dict[Tower, tuple[Point, ...]] = {
+    Tower.TEXT: (Point.EMBED, Point.LN_FINAL),
+    Tower.VISION: (Point.EMBED,),
+    Tower.PROJECTOR: (Point.PROJ_IN, Point.PROJ_OUT),
+}
+_PROJECTOR_SUFFIX = {Point.PROJ_IN: "hook_in", Point.PROJ_OUT: "hook_out"}
+_BLOCK_RE = re.compile(r"^(text|vision)\.blocks\.(\d+)\.(.+)$")
+
+
+@dataclass(frozen=True, order=True)
+class Site:
+    """One hook point of a VLM.
+
+    Args:
+        tower: ``text``, ``vision`` or ``projector``.
+        point: what is measured (a :class:`Point` or its name or short name).
+        layer: block index for per-layer points; ``None`` for tower-level points.
+
+    Raises:
+        SiteNotFoundError: the combination does not name a site.
+    """
+
+    tower: Tower
+    point: Point
+    layer: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tower", _as_tower(self.tower))
+        object.__setattr__(self, "point", as_point(self.point))
+        if self.point in BLOCK_POINTS:
+            if self.tower is Tower.PROJECTOR:
+                raise SiteNotFoundError(f"the projector has no blocks; got point {self.point.short!r}")
+            if not isinstance(self.layer, int) or isinstance(self.layer, bool) or self.layer < 0:
+                raise SiteNotFoundError(
+                    f"{self.tower}.blocks.<layer>.{self.point} needs a layer index >= 0, got {self.layer!r}"
+                )
+        else:
+            if self.point not in _TOWER_POINTS[self.tower]:
+                valid = ", ".join(p.short for p in _TOWER_POINTS[self.tower])
+                raise SiteNotFoundError(
+                    f"tower {self.tower.value!r} has no point {self.point.short!r}; "
+                    f"its tower-level points are: {valid} (plus the per-block points for text/vision)"
+                )
+            if self.layer is not None:
+                raise SiteNotFoundError(f"{self.tower}.{self.point} is not per-layer; got layer={self.layer!r}")
+
+    @classmethod
+    def block(cls, tower: Tower | str, point: Point | str, layer: int) -> Site:
+        """A per-layer site, e.g. ``Site.block("text", "resid_post", 3)``."""
+        return cls(_as_tower(tower), as_point(point), layer)
+
+    @classmethod
+    def parse(cls, name: str | Site) -> Site:
+        """Parse a full site name strictly.
+
+        Args:
+            name: e.g. ``"text.blocks.3.attn.hook_pattern"`` (a ``Site`` is returned as is).
+
+        Raises:
+            SiteNotFoundError: the name is not a site name; the message lists the closest names.
+        """
+        if isinstance(name, Site):
+            return name
+        if not isinstance(name, str):
+            raise SiteNotFoundError(f"a site name must be a str or Site, got {type(name).__name__}")
+        match = _BLOCK_RE.match(name)
+        if match:
+            tower, layer, suffix = match.groups()
+            point = _POINT_BY_VALUE.get(suffix)
+            if point is not None and point in BLOCK_POINTS:
+                return cls(Tower(tower), point, int(layer))
+        else:
+            tower, _, suffix = name.partition(".")
+            if tower in _TOWER_BY_VALUE:
+                t = _TOWER_BY_VALUE[tower]
+                for point in _TOWER_POINTS[t]:
+                    if suffix == (_PROJECTOR_SUFFIX.get(point) if t is Tower.PROJECTOR else point.value):
+                        return cls(t, point)
+        raise SiteNotFoundError(_unknown_message(name))
+
+    @property
+    def short(self) -> str:
+        """The point's short name, e.g. ``resid_post``."""
+        return self.point.short
+
+    @property
+    def per_head(self) -> bool:
+        """Whether the activation has a head axis (q, k, v, z, result; pattern has one too)."""
+        return self.point in HEAD_POINTS or self.point is Point.PATTERN
+
+    def __str__(self) -> str:
+        if self.point in BLOCK_POINTS:
+            return f"{self.tower.value}.blocks.{self.layer}.{self.point.value}"
+        if self.tower is Tower.PROJECTOR:
+            return f"projector.{_PROJECTOR_SUFFIX[self.point]}"
+        return f"{self.tower.value}.{self.point.value}"
+
+    def __repr__(self) -> str:
+        return f"Site({str(self)!r})"
+
+
+_POINT_BY_VALUE = {p.value: p for p in Point}
+_TOWER_BY_VALUE = {t.value: t for t in Tower}
+
+
+def _as_tower(tower: Tower | str) -> Tower:
+    if isinstance(tower, Tower):
+        return tower
+    if tower in _TOWER_BY_VALUE:
+        return _TOWER_BY_VALUE[tower]
+    raise SiteNotFoundError(f"unknown tower {tower!r}; valid towers: text, vision, projector")
+
+
+def as_point(point: Point | str) -> Point:
+    if isinstance(point, Point):
+        return point
+    if point in _POINT_OF_SHORT:
+        return _POINT_OF_SHORT[point]
+    if point in _POINT_BY_VALUE:
+        return _POINT_BY_VALUE[point]
+    close = difflib.get_close_matches(str(point), list(_POINT_OF_SHORT), n=3, cutoff=0.5)
+    hint = f"; closest: {', '.join(close)}" if close else ""
+    raise SiteNotFoundError(
+        f"unknown point {point!r}{hint}; valid points: {', '.join(_POINT_OF_SHORT)}"
+    )
+
+
+def site_names(n_text_layers: int, n_vision_layers: int) -> list[Site]:
+    """Every site of a model with the given depths, in a stable order.
+
+    Args:
+        n_text_layers: number of language-model blocks.
+        n_vision_layers: number of vision-tower blocks.
+    """
+    sites = [Site(Tower.VISION, Point.EMBED)]
+    sites += [Site(Tower.VISION, p, layer) for layer in range(n_vision_layers) for p in BLOCK_POINTS]
+    sites += [Site(Tower.PROJECTOR, Point.PROJ_IN), Site(Tower.PROJECTOR, Point.PROJ_OUT)]
+    sites.append(Site(Tower.TEXT, Point.EMBED))
+    sites += [Site(Tower.TEXT, p, layer) for layer in range(n_text_layers) for p in BLOCK_POINTS]
+    sites.append(Site(Tower.TEXT, Point.LN_FINAL))
+    return sites
+
+
+def _unknown_message(name: str) -> str:
+    # Suggest against a canonical two-layer model: close matches differ only in the layer anyway.
+    candidates = [str(s) for s in site_names(2, 2)]
+    normalized = re.sub(r"\.blocks\.\d+\.", ".blocks.0.", name)
+    close = difflib.get_close_matches(normalized, candidates, n=3, cutoff=0.4)
+    layer = re.search(r"\.blocks\.(\d+)\.", name)
+    if layer:
+        close = [c.replace(".blocks.0.", f".blocks.{layer.group(1)}.") for c in close]
+    hint = f" Closest valid sites: {', '.join(close)}." if close else ""
+    return f"unknown site {name!r}.{hint} Use model.sites() to list every site of a loaded model."
