@@ -235,8 +235,12 @@ def _result_hook(point: HookPoint, n_heads: int):
             return None
         z = args[0].unflatten(-1, (n_heads, -1))
         weight = module.weight.unflatten(1, (n_heads, -1))  # d_model head d_head
-        result = point(torch.einsum("...hd,mhd->...hm", z, weight))
-        out = result.sum(-2)
+        result = torch.einsum("...hd,mhd->...hm", z, weight)
+        version = result._version
+        edited = point(result)
+        if edited is result and result._version == version:
+            return None  # unedited: keep the fused projection's exact output
+        out = edited.sum(-2)
         return out + module.bias if module.bias is not None else out
 
     return hook

@@ -120,7 +120,8 @@ def prepare_batch(
         encoded = processor(images=images_arg, text=texts, return_tensors="pt", padding=True)
     finally:
         tokenizer.padding_side = old_side
-    inputs = {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor)}
+    # PaliGemma's processor also returns training labels; a forward should not compute a loss.
+    inputs = {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor) and k != "labels"}
     suffix_text = POPE_SUFFIX if suffix else ""
     question_ids = [tokenizer(q + suffix_text, add_special_tokens=False)["input_ids"] for q in questions]
     layout = TokenLayout.from_ids(

@@ -1,1 +1,35 @@
-"""vlmlens.ops."""
+"""Free functions over (model, inputs, sites): cache, ablate, patch, steer, mask, sweep."""
+
+from vlmlens.ops.cache import ActivationCache, run_with_cache, select_sites
+from vlmlens.ops.interventions import (
+    Ablate,
+    BlockAttention,
+    Intervention,
+    MaskPixels,
+    MaskTokens,
+    Patch,
+    Steer,
+    applied,
+    run_with_interventions,
+)
+from vlmlens.ops.means import mean_activation, top_patches
+from vlmlens.ops.sweep import repeat_batch, sweep
+
+__all__ = [
+    "ActivationCache",
+    "run_with_cache",
+    "select_sites",
+    "Intervention",
+    "Ablate",
+    "Patch",
+    "Steer",
+    "MaskPixels",
+    "MaskTokens",
+    "BlockAttention",
+    "applied",
+    "run_with_interventions",
+    "mean_activation",
+    "top_patches",
+    "sweep",
+    "repeat_batch",
+]

@@ -137,13 +137,46 @@ def run_with_cache(
     layout = batch.layout if isinstance(batch, Batch) else None
     mask = resolve_positions(positions, layout, model._inputs(batch)["input_ids"].shape[1])
     results = {(s.tower, s.layer) for s in chosen if s.point is Point.RESULT}
-    envoys = [(s, model.envoy(s)) for s in chosen]
+    chunked = [s for s in chosen if _per_image_calls(model, s)]
+    envoys = [(s, model.envoy(s)) for s in chosen if s not in chunked]
     store: dict[Site, torch.Tensor] = {}
-    with model.result_hooks(results), applied(model, interventions, layout), torch.no_grad():
-        with model.trace(batch):
-            for site, envoy in envoys:
-                act = _select(envoy.output, site, mask)
-                store[site] = act.detach().to(device) if device is not None else act.detach()
-            logits = model.nn.output.logits.save()
+    calls: dict[Site, list[torch.Tensor]] = {s: [] for s in chunked}
+    handles = [
+        model.module(model.hook_path(s)).register_forward_hook(lambda m, a, o, s=s: calls[s].append(o.detach()))
+        for s in chunked
+    ]
+    try:
+        with model.result_hooks(results), applied(model, interventions, layout), torch.no_grad():
+            with model.trace(batch):
+                for site, envoy in envoys:
+                    act = _select(envoy.output, site, mask)
+                    store[site] = act.detach().to(device) if device is not None else act.detach()
+                logits = model.nn.output.logits.save()
+    finally:
+        for handle in handles:
+            handle.remove()
+    for site, parts in calls.items():
+        joined = _join(site, parts)
+        store[site] = joined.to(device) if device is not None else joined
     logits = logits.to(device) if device is not None else logits
-    return logits, ActivationCache(dict(store), positions)
+    ordered = {s: store[s] for s in chosen}
+    return logits, ActivationCache(ordered, positions)
+
+
+def _per_image_calls(model: Any, site: Site) -> bool:
+    """Sites called once per image (Qwen2-VL's ViT attends within each image separately)."""
+    return site.tower is Tower.VISION and not model.adapter.vision.batched and site.point in (
+        Point.Q, Point.K, Point.V, Point.PATTERN)
+
+
+def _join(site: Site, parts: list[torch.Tensor]) -> torch.Tensor:
+    """Join per-image calls into one activation over all patches of the batch.
+
+    q/k/v chunks ``1 n_i head d_head`` are concatenated along the patch axis; pattern
+    chunks ``1 head n_i n_i`` become one block-diagonal ``1 head P P`` pattern (patches
+    of different images never attend to each other).
+    """
+    if site.point is not Point.PATTERN:
+        return torch.cat(parts, dim=1)
+    heads = parts[0].shape[1]
+    return torch.stack([torch.block_diag(*[p[0, h] for p in parts]) for h in range(heads)])[None]

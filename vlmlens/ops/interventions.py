@@ -99,9 +99,17 @@ def _where(site: Site, act: torch.Tensor, ctx: _Context, positions: Positions,
 
 
 def _rows(act: torch.Tensor, ctx: _Context, site: Site) -> slice:
-    if ctx.rows is None or site.tower is not Tower.TEXT:
-        return slice(None)
-    return ctx.rows
+    """The rows of ``act`` that belong to this intervention in a stacked sweep batch."""
+    if ctx.rows is None or site.tower is Tower.TEXT:
+        return slice(None) if ctx.rows is None else ctx.rows
+    if not ctx.model.adapter.vision.batched:
+        raise InterventionError(
+            f"{site}: this family's vision tower has no batch axis, so a sweep cannot give each condition "
+            "its own vision-site edit; run these conditions one by one with run_with_interventions()"
+        )
+    images = sum(len(sample) for sample in ctx.layout.images)
+    copy = ctx.rows.start // ctx.layout.batch_size
+    return slice(copy * images, (copy + 1) * images)
 
 
 def _edit(site: Site, ctx: _Context, fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]):

@@ -1,0 +1,59 @@
+"""Batched condition sweeps: N intervention conditions in one stacked forward."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import torch
+
+from vlmlens.errors import InputError
+from vlmlens.inputs import Batch
+from vlmlens.ops.interventions import Intervention, applied
+
+__all__ = ["sweep", "repeat_batch"]
+
+
+def repeat_batch(batch: Batch, copies: int) -> Batch:
+    """``copies`` copies of a batch stacked along the batch axis (copy-major), layout unchanged."""
+    inputs = {k: torch.cat([v] * copies) for k, v in batch.inputs.items()}
+    return Batch(inputs, batch.layout, batch.questions)
+
+
+def sweep(
+    model: object,
+    batch: Batch,
+    conditions: Sequence[Sequence[Intervention]],
+    *,
+    chunk_size: int = 8,
+) -> torch.Tensor:
+    """Run each condition (a list of interventions) on the same inputs.
+
+    Conditions are stacked along the batch axis, ``chunk_size`` at a time, so memory
+    is bounded by ``chunk_size * len(batch)`` samples; results equal running the
+    conditions one by one.
+
+    Args:
+        model: a HookedVLM.
+        batch: from ``model.prepare``.
+        conditions: one list of interventions per condition (``[]`` = clean run).
+        chunk_size: conditions per forward.
+
+    Returns:
+        Logits ``condition batch seq vocab`` on the CPU.
+    """
+    if not isinstance(batch, Batch):
+        raise InputError("sweep needs a Batch from model.prepare() (its layout names positions and patches)")
+    if chunk_size < 1:
+        raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
+    size = len(batch)
+    out = []
+    for start in range(0, len(conditions), chunk_size):
+        chunk = conditions[start : start + chunk_size]
+        stacked = repeat_batch(batch, len(chunk))
+        with contextlib.ExitStack() as stack:
+            for i, condition in enumerate(chunk):
+                stack.enter_context(applied(model, condition, batch.layout, rows=slice(i * size, (i + 1) * size)))
+            logits = model.forward(stacked)
+        out.append(logits.view(len(chunk), size, *logits.shape[1:]).cpu())
+    return torch.cat(out)
