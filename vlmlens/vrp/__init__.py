@@ -1,1 +1,65 @@
-"""vlmlens.vrp."""
+"""vlmlens.vrp: the VLM Reliability Probe's model-independent measurements and statistics.
+
+Pure functions over arrays captured by the model-running code: attention-map sharpness
+(H_s, C_k, dH_s), logit-lens margins, hidden-state probes, self-consistency and the
+statistics (point-biserial, AUROC, McNemar, CIs) that every reported effect carries.
+"""
+
+from vlmlens.vrp.attention import (
+    aggregate_attention,
+    cluster_count,
+    default_layers,
+    entropy_evolution,
+    object_attention_mass,
+    spatial_entropy,
+)
+from vlmlens.vrp.consistency import consistency_score, normalize_answer, token_confidence
+from vlmlens.vrp.margins import margin_gain, peak_visual_layer, truth_margin, yes_no_margin
+from vlmlens.vrp.probes import (
+    LayerProbeResults,
+    ProbeConfig,
+    ProbeResult,
+    probe_layers,
+    rank_dimensions_l1,
+    train_probe,
+)
+from vlmlens.vrp.stats import (
+    AUROC,
+    Correlation,
+    McNemar,
+    auroc_ci,
+    bootstrap_ci,
+    fisher_ci,
+    mcnemar_exact,
+    point_biserial,
+)
+
+__all__ = [
+    "AUROC",
+    "Correlation",
+    "LayerProbeResults",
+    "McNemar",
+    "ProbeConfig",
+    "ProbeResult",
+    "aggregate_attention",
+    "auroc_ci",
+    "bootstrap_ci",
+    "cluster_count",
+    "consistency_score",
+    "default_layers",
+    "entropy_evolution",
+    "fisher_ci",
+    "margin_gain",
+    "mcnemar_exact",
+    "normalize_answer",
+    "object_attention_mass",
+    "peak_visual_layer",
+    "point_biserial",
+    "probe_layers",
+    "rank_dimensions_l1",
+    "spatial_entropy",
+    "token_confidence",
+    "train_probe",
+    "truth_margin",
+    "yes_no_margin",
+]

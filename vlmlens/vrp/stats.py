@@ -1,0 +1,430 @@
+"""Statistics for the VLM Reliability Probe: correlations, AUROC, McNemar and their CIs.
+
+Every result carries its ``n``. Inputs may be numpy arrays or torch tensors; the small
+converters here (:func:`to_numpy`, :func:`as_finite`, :func:`as_binary`) are shared by the
+other ``vlmlens.vrp`` modules.
+"""
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Real, Shaped
+from scipy import stats as sps
+from sklearn.metrics import roc_auc_score
+
+from vlmlens.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+ArrayOrTensor = np.ndarray | torch.Tensor
+"""What the measurement functions accept: a numpy array or a torch tensor (any device)."""
+
+_BOOTSTRAP_CELLS = 2_000_000  # resamples x n that auroc_ci holds in memory at once
+
+
+def to_numpy(x: ArrayOrTensor) -> np.ndarray:
+    """Return ``x`` as a numpy array (detached, on CPU; half precision widened to float32)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        return (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x).numpy()
+    return np.asarray(x)
+
+
+def as_finite(
+    x: ArrayOrTensor, *, name: str, ndim: int, dtype: type[np.floating] = np.float64
+) -> np.ndarray:
+    """Return ``x`` as a ``dtype`` array with ``ndim`` axes; raise if a value is not finite."""
+    arr = to_numpy(x).astype(dtype, copy=False)
+    if arr.ndim != ndim:
+        raise DataError(f"{name} must have {ndim} axes, got shape {arr.shape}; reshape it first.")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise DataError(
+            f"{name} has {int(bad.sum())} non-finite values (first at index {first}: "
+            f"{arr[first]}); drop or impute them before measuring."
+        )
+    return arr
+
+
+def as_binary(x: ArrayOrTensor, *, name: str) -> np.ndarray:
+    """Return a 1-D bool array from bools or numbers that are all 0 or 1; raise otherwise."""
+    arr = to_numpy(x)
+    if arr.ndim != 1:
+        raise DataError(f"{name} must be 1-D, got shape {arr.shape}; flatten it first.")
+    if arr.dtype == np.bool_:
+        return arr
+    if not np.issubdtype(arr.dtype, np.number):
+        raise DataError(f"{name} must be bool or 0/1 numbers, got dtype {arr.dtype}.")
+    bad = arr[~np.isin(arr, (0, 1))]
+    if bad.size:
+        raise DataError(
+            f"{name} must be binary (bool or 0/1), found values {np.unique(bad)[:5].tolist()}; "
+            "pass correctness as a bool array."
+        )
+    return arr.astype(bool)
+
+
+def check_same_length(**arrays: np.ndarray) -> int:
+    """Return the common first-axis length of named arrays, raising if they differ."""
+    lengths = {name: len(a) for name, a in arrays.items()}
+    if len(set(lengths.values())) != 1:
+        raise DataError(f"inputs must be paired (same length), got lengths {lengths}.")
+    return next(iter(lengths.values()))
+
+
+def _z(level: float) -> float:
+    if not 0.0 < level < 1.0:
+        raise DataError(f"level must be in (0, 1), got {level}; use e.g. 0.95.")
+    return float(sps.norm.ppf(0.5 + level / 2.0))
+
+
+def _percentile_ci(values: np.ndarray, level: float, n: int) -> tuple[tuple[float, float], int]:
+    """Percentile interval of the finite bootstrap values, and how many were dropped."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        raise DataError(
+            f"the statistic was undefined on all {values.size} bootstrap resamples (n={n}), "
+            "e.g. every resample held a single class; collect more samples."
+        )
+    alpha = 50.0 * (1.0 - level)
+    lo, hi = np.percentile(finite, [alpha, 100.0 - alpha])
+    return (float(lo), float(hi)), int(values.size - finite.size)
+
+
+def _check_ci(ci: tuple[float, float], what: str) -> None:
+    if ci[0] > ci[1]:
+        raise DataError(f"{what} must be ordered (lo <= hi), got {ci}.")
+
+
+def fisher_ci(r: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Fisher z confidence interval of a correlation: tanh(atanh(r) +- z / sqrt(n - 3)).
+
+    Args:
+        r: The correlation, in [-1, 1].
+        n: The number of pairs it was computed from; must be > 3.
+        level: The coverage, e.g. 0.95 (z = 1.959964).
+
+    Returns:
+        ``(lo, hi)``.
+
+    Raises:
+        DataError: if ``r`` is outside [-1, 1], ``n`` <= 3 or ``level`` outside (0, 1).
+
+    Example:
+        >>> [round(v, 3) for v in fisher_ci(0.001, 3090)]
+        [-0.034, 0.036]
+    """
+    if not -1.0 <= r <= 1.0:
+        raise DataError(f"r must be in [-1, 1], got {r}.")
+    if n <= 3:
+        raise DataError(f"fisher_ci needs n > 3 pairs, got n={n}.")
+    z = _z(level)
+    if abs(r) == 1.0:
+        return (float(r), float(r))
+    centre, half = np.arctanh(r), z / np.sqrt(n - 3)
+    return (float(np.tanh(centre - half)), float(np.tanh(centre + half)))
+
+
+def bootstrap_ci(
+    statistic: Callable[..., float],
+    *arrays: ArrayOrTensor,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``statistic(*arrays)``, resampling rows jointly (paired).
+
+    Resamples where the statistic is not finite (e.g. a correlation on a single-class
+    resample) are dropped; how many is logged at DEBUG level.
+
+    Args:
+        statistic: Called as ``statistic(*resampled_arrays)``; returns a number.
+        *arrays: One or more arrays sharing their first-axis length n >= 2.
+        n_resamples: Number of bootstrap resamples.
+        seed: Seed of ``numpy.random.default_rng``; the same seed gives the same CI.
+        level: The coverage.
+
+    Returns:
+        ``(lo, hi)``.
+
+    Raises:
+        DataError: if no array is given, lengths differ, n < 2, or no resample is finite.
+
+    Example:
+        >>> lo, hi = bootstrap_ci(np.mean, np.arange(100.0), n_resamples=200)
+        >>> lo < 49.5 < hi
+        True
+    """
+    if not arrays:
+        raise DataError("bootstrap_ci needs at least one array to resample.")
+    if n_resamples < 1:
+        raise DataError(f"n_resamples must be >= 1, got {n_resamples}.")
+    _z(level)  # validates level
+    data = [to_numpy(a) for a in arrays]
+    n = check_same_length(**{f"arrays[{i}]": a for i, a in enumerate(data)})
+    if n < 2:
+        raise DataError(f"bootstrap_ci needs n >= 2 rows, got n={n}.")
+    rng = np.random.default_rng(seed)
+    values = np.empty(n_resamples)
+    for i in range(n_resamples):
+        idx = rng.integers(0, n, size=n)
+        values[i] = float(statistic(*(a[idx] for a in data)))
+    ci, dropped = _percentile_ci(values, level, n)
+    logger.debug("bootstrap_ci dropped %d of %d resamples as non-finite", dropped, n_resamples)
+    return ci
+
+
+@dataclass(frozen=True, kw_only=True)
+class Correlation:
+    """A point-biserial correlation with its Fisher and bootstrap CIs.
+
+    Attributes:
+        r: The correlation coefficient.
+        p: Two-sided p-value of r = 0.
+        n: Number of pairs.
+        fisher_ci: Fisher z interval ``(lo, hi)``.
+        bootstrap_ci: Percentile bootstrap interval ``(lo, hi)``.
+        level: Coverage of both intervals.
+    """
+
+    r: float
+    p: float
+    n: int
+    fisher_ci: tuple[float, float]
+    bootstrap_ci: tuple[float, float]
+    level: float = 0.95
+
+    def __post_init__(self) -> None:
+        if not -1.0 <= self.r <= 1.0 or self.n < 4:
+            raise DataError(
+                f"Correlation needs r in [-1, 1] and n >= 4, got r={self.r}, n={self.n}."
+            )
+        _check_ci(self.fisher_ci, "Correlation.fisher_ci")
+        _check_ci(self.bootstrap_ci, "Correlation.bootstrap_ci")
+
+
+def _pb_r(binary: np.ndarray, continuous: np.ndarray) -> float:
+    if binary.all() or not binary.any() or np.ptp(continuous) == 0:
+        return float("nan")
+    return float(sps.pointbiserialr(binary, continuous).statistic)
+
+
+def point_biserial(
+    binary: Shaped[ArrayOrTensor, " batch"],
+    continuous: Real[ArrayOrTensor, " batch"],
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Correlation:
+    """Point-biserial correlation R_pb of a 0/1 outcome with a continuous measurement.
+
+    Args:
+        binary: The outcome (e.g. answer correct), bool or 0/1, shape ``(batch,)``.
+        continuous: The measurement (e.g. H_s), shape ``(batch,)``.
+        n_resamples: Bootstrap resamples for ``bootstrap_ci``.
+        seed: Bootstrap seed.
+        level: Coverage of the CIs.
+
+    Returns:
+        A :class:`Correlation` (``scipy.stats.pointbiserialr`` for r and p).
+
+    Raises:
+        DataError: if the inputs are unpaired, non-binary, non-finite, n < 4, the
+            outcome has a single class, or the measurement is constant.
+
+    Example:
+        >>> y = np.array([0, 0, 1, 1, 0, 1] * 5)
+        >>> round(point_biserial(y, y + 0.1 * np.arange(30), n_resamples=50).r, 2)
+        0.56
+    """
+    y = as_binary(binary, name="binary")
+    x = as_finite(continuous, name="continuous", ndim=1)
+    n = check_same_length(binary=y, continuous=x)
+    if n < 4:
+        raise DataError(f"point_biserial needs n >= 4 pairs, got n={n}.")
+    if y.all() or not y.any():
+        raise DataError(f"binary has a single class (all {bool(y[0])}); R_pb is undefined.")
+    if np.ptp(x) == 0:
+        raise DataError(f"continuous is constant ({x[0]}); R_pb is undefined.")
+    res = sps.pointbiserialr(y, x)
+    r = float(np.clip(res.statistic, -1.0, 1.0))
+    return Correlation(
+        r=r,
+        p=float(res.pvalue),
+        n=n,
+        fisher_ci=fisher_ci(r, n, level),
+        bootstrap_ci=bootstrap_ci(_pb_r, y, x, n_resamples=n_resamples, seed=seed, level=level),
+        level=level,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class AUROC:
+    """Area under the ROC curve with a bootstrap CI.
+
+    Attributes:
+        auroc: ``sklearn.metrics.roc_auc_score`` on all samples.
+        ci: Percentile bootstrap interval ``(lo, hi)``.
+        n: Number of samples, ``n_pos + n_neg``.
+        n_pos: Positives (label True); ``n_neg``: negatives.
+        n_skipped: Resamples skipped because they held a single class.
+        level: Coverage of ``ci``.
+    """
+
+    auroc: float
+    ci: tuple[float, float]
+    n: int
+    n_pos: int
+    n_neg: int
+    n_skipped: int = 0
+    level: float = 0.95
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.auroc <= 1.0:
+            raise DataError(f"AUROC.auroc must be in [0, 1], got {self.auroc}.")
+        if self.n != self.n_pos + self.n_neg or min(self.n_pos, self.n_neg) < 1:
+            raise DataError(
+                f"AUROC needs n = n_pos + n_neg with both >= 1, got n={self.n}, "
+                f"n_pos={self.n_pos}, n_neg={self.n_neg}."
+            )
+        _check_ci(self.ci, "AUROC.ci")
+
+
+def _rank_auroc(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Row-wise AUROC by the Mann-Whitney rank sum (equals roc_auc_score; ties averaged)."""
+    ranks = sps.rankdata(scores, axis=-1)
+    n_pos = labels.sum(axis=-1)
+    n_neg = labels.shape[-1] - n_pos
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return ((ranks * labels).sum(axis=-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def auroc_ci(
+    labels: Shaped[ArrayOrTensor, " batch"],
+    scores: Real[ArrayOrTensor, " batch"],
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> AUROC:
+    """AUROC of ``scores`` for predicting ``labels``, with a paired bootstrap CI.
+
+    Args:
+        labels: Bool or 0/1 labels, shape ``(batch,)``; both classes must be present.
+        scores: Higher means more likely positive, shape ``(batch,)``.
+        n_resamples: Bootstrap resamples; those with a single class are skipped and
+            counted in ``AUROC.n_skipped``.
+        seed: Bootstrap seed.
+        level: Coverage of the CI.
+
+    Returns:
+        An :class:`AUROC`.
+
+    Raises:
+        DataError: if the inputs are unpaired, non-binary or non-finite, the labels hold
+            a single class, or every resample held a single class.
+
+    Example:
+        >>> auroc_ci(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])).auroc
+        0.75
+    """
+    y = as_binary(labels, name="labels")
+    s = as_finite(scores, name="scores", ndim=1)
+    n = check_same_length(labels=y, scores=s)
+    n_pos = int(y.sum())
+    if n_pos in (0, n):
+        raise DataError(
+            f"labels hold a single class ({n_pos} positives of n={n}); AUROC needs both."
+        )
+    if n_resamples < 1:
+        raise DataError(f"n_resamples must be >= 1, got {n_resamples}.")
+    _z(level)  # validates level
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _BOOTSTRAP_CELLS // n)
+    values = []
+    for start in range(0, n_resamples, chunk):
+        idx = rng.integers(0, n, size=(min(chunk, n_resamples - start), n))
+        values.append(_rank_auroc(y[idx], s[idx]))
+    ci, skipped = _percentile_ci(np.concatenate(values), level, n)
+    return AUROC(
+        auroc=float(roc_auc_score(y, s)),
+        ci=ci,
+        n=n,
+        n_pos=n_pos,
+        n_neg=n - n_pos,
+        n_skipped=skipped,
+        level=level,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class McNemar:
+    """Exact McNemar test of paired 0/1 outcomes (e.g. correct before / after masking).
+
+    Attributes:
+        b: Pairs correct before and wrong after; ``c``: wrong before and correct after.
+        p_value: Exact two-sided binomial p-value of b vs c (1.0 when b + c = 0).
+        n: Number of pairs.
+        accuracy_before: Share correct before; ``accuracy_after``: share correct after.
+        drop_pp: ``100 * (accuracy_before - accuracy_after)``, in percentage points.
+    """
+
+    b: int
+    c: int
+    p_value: float
+    n: int
+    accuracy_before: float
+    accuracy_after: float
+    drop_pp: float
+
+    def __post_init__(self) -> None:
+        if min(self.b, self.c) < 0 or self.b + self.c > self.n or not 0 <= self.p_value <= 1:
+            raise DataError(
+                f"McNemar needs 0 <= b, c, b + c <= n and p in [0, 1], got b={self.b}, "
+                f"c={self.c}, n={self.n}, p_value={self.p_value}."
+            )
+
+
+def mcnemar_exact(
+    before_correct: Shaped[ArrayOrTensor, " batch"],
+    after_correct: Shaped[ArrayOrTensor, " batch"],
+) -> McNemar:
+    """Exact McNemar test: two-sided binomial test of the discordant pairs at p = 0.5.
+
+    Args:
+        before_correct: Correctness per item under the first condition, bool or 0/1.
+        after_correct: Correctness of the same items under the second condition.
+
+    Returns:
+        A :class:`McNemar`.
+
+    Raises:
+        DataError: if the inputs are unpaired, empty or not binary.
+
+    Example:
+        >>> r = mcnemar_exact(np.array([1, 1, 1, 1, 0]), np.array([0, 0, 0, 1, 0]))
+        >>> (r.b, r.c, r.p_value)
+        (3, 0, 0.25)
+    """
+    before = as_binary(before_correct, name="before_correct")
+    after = as_binary(after_correct, name="after_correct")
+    n = check_same_length(before_correct=before, after_correct=after)
+    if n == 0:
+        raise DataError("mcnemar_exact got empty inputs; pass one outcome per item.")
+    b, c = int((before & ~after).sum()), int((~before & after).sum())
+    p = 1.0 if b + c == 0 else min(1.0, 2.0 * float(sps.binom.cdf(min(b, c), b + c, 0.5)))
+    acc_before, acc_after = float(before.mean()), float(after.mean())
+    return McNemar(
+        b=b,
+        c=c,
+        p_value=p,
+        n=n,
+        accuracy_before=acc_before,
+        accuracy_after=acc_after,
+        drop_pp=100.0 * (acc_before - acc_after),
+    )
