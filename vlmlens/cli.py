@@ -1,0 +1,46 @@
+"""The ``vlmlens`` command line: ``vlmlens data ...``, ``vlmlens zoo ...``, ``vlmlens reproduce``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+# Subcommand -> module with add_parser(subparsers) and run(args) -> int. Imported lazily.
+_COMMANDS = {
+    "data": "vlmlens.data.cli",
+    "zoo": "vlmlens.zoo.cli",
+    "reproduce": "vlmlens.vrp.cli",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlmlens", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name, module in _COMMANDS.items():
+        try:
+            importlib.import_module(module).add_parser(subparsers)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``vlmlens`` script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    return int(importlib.import_module(_COMMANDS[args.command]).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
