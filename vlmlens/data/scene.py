@@ -72,6 +72,12 @@ class SceneTruth:
     scene_type: str
 
     def __post_init__(self) -> None:
+        if not isinstance(self.objects, tuple) or not all(isinstance(o, SceneObject) for o in self.objects):
+            raise DataError(
+                f"SceneTruth.objects must be a tuple of SceneObject, got {type(self.objects).__name__}"
+            )
+        if not (isinstance(self.size, tuple) and len(self.size) == 2 and all(isinstance(x, int) for x in self.size)):
+            raise DataError(f"SceneTruth.size must be a tuple (width, height) of ints, got {self.size!r}")
         w, h = self.size
         if w < 1 or h < 1:
             raise DataError(f"SceneTruth.size must be positive (width, height), got {self.size}")
