@@ -185,6 +185,8 @@ def test_aggregate_attention_averages_heads_and_default_layers() -> None:
         ((2, 3), [], r"layers is empty"),
     ],
 )
-def test_aggregate_attention_errors(grid: tuple[int, int], layers: list[int] | None, match: str) -> None:
+def test_aggregate_attention_errors(
+    grid: tuple[int, int], layers: list[int] | None, match: str
+) -> None:
     with pytest.raises(DataError, match=match):
         aggregate_attention(np.ones((4, 2, 6)), grid, layers=layers)

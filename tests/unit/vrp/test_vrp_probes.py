@@ -121,7 +121,9 @@ def test_train_probe_rejects_bad_labels(labels: np.ndarray, match: str) -> None:
 def test_train_probe_rejects_bad_features() -> None:
     x, y = _separable(n=20)
     x[3, 1] = np.nan
-    with pytest.raises(DataError, match=r"features has 1 non-finite values \(first at index \(3, 1\)"):
+    with pytest.raises(
+        DataError, match=r"features has 1 non-finite values \(first at index \(3, 1\)"
+    ):
         train_probe(x, y, FAST)
     with pytest.raises(SHAPE_ERRORS):
         train_probe(np.ones((19, 3)), y, FAST)

@@ -124,7 +124,9 @@ def test_point_biserial_errors() -> None:
     x = np.arange(6.0)
     with pytest.raises(DataError, match=r"single class \(all True\)"):
         point_biserial(np.ones(6, dtype=bool), x)
-    with pytest.raises(DataError, match=r"binary must be binary \(bool or 0/1\), found values \[2\]"):
+    with pytest.raises(
+        DataError, match=r"binary must be binary \(bool or 0/1\), found values \[2\]"
+    ):
         point_biserial(np.array([0, 1, 2, 0, 1, 0]), x)
     with pytest.raises(DataError, match="continuous is constant"):
         point_biserial(np.array([0, 1] * 3), np.ones(6))
