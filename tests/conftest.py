@@ -1,3 +1,4 @@
+import beartype  # noqa: F401  (import before nnsight, which breaks a later beartype import)
 import pytest
 import torch
 import transformers

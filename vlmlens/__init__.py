@@ -15,9 +15,24 @@ from vlmlens.errors import (
     UnsupportedArchitectureError,
     VLMLensError,
 )
+from vlmlens.data import load_pope, parse_yes_no, pope_metrics, synth_pope
 from vlmlens.inputs import Batch
 from vlmlens.layout import ImageSpan, TokenLayout
 from vlmlens.model import Generation, HookedVLM
+from vlmlens.ops import (
+    Ablate,
+    ActivationCache,
+    BlockAttention,
+    MaskPixels,
+    MaskTokens,
+    Patch,
+    Steer,
+    mean_activation,
+    run_with_cache,
+    run_with_interventions,
+    sweep,
+    top_patches,
+)
 from vlmlens.sites import Point, Site, Tower
 
 __all__ = [
@@ -36,4 +51,20 @@ __all__ = [
     "InputError",
     "InterventionError",
     "SiteCheckError",
+    "run_with_cache",
+    "run_with_interventions",
+    "sweep",
+    "mean_activation",
+    "top_patches",
+    "ActivationCache",
+    "Ablate",
+    "Patch",
+    "Steer",
+    "MaskPixels",
+    "MaskTokens",
+    "BlockAttention",
+    "synth_pope",
+    "load_pope",
+    "parse_yes_no",
+    "pope_metrics",
 ]

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from vlmlens.inputs import Batch, prepare_batch
 from vlmlens.sites import BLOCK_POINTS, Point, Site, Tower, as_point, site_names
 
 __all__ = ["HookedVLM", "Generation", "TowerAccessor"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,15 @@ class HookedVLM:
         hf_model = model_cls.from_pretrained(path, **load_kwargs)
         if device is not None and device_map is None:
             hf_model = hf_model.to(device)
-        processor = AutoProcessor.from_pretrained(path)
+        try:
+            processor = AutoProcessor.from_pretrained(path)
+        except (ImportError, ValueError, TypeError) as err:
+            # Qwen2-VL's processor insists on a torchvision video processor; the zoo loader
+            # builds the same processor class without one (images only).
+            from vlmlens.zoo.io import load_processor
+
+            logger.info("AutoProcessor failed (%s); loading an image-only processor", err)
+            processor = load_processor(path)
         return cls(hf_model, processor)
 
     # ---------------------------------------------------------------- config
@@ -193,6 +204,24 @@ class HookedVLM:
     def module(self, path: str) -> nn.Module:
         """A submodule of the wrapped model by dotted path."""
         return self.hf_model.get_submodule(path)
+
+    def block_module(self, tower: Tower | str, layer: int, part: str) -> nn.Module:
+        """A named part of one block, resolved through the adapter (same names in every family).
+
+        Args:
+            tower: ``"text"`` or ``"vision"``.
+            layer: block index.
+            part: ``attn``, ``attn_norm``, ``mlp``, ``mlp_norm``, ``mlp_in`` (gate / fc1),
+                ``mlp_down`` (down / fc2) or ``o_proj``.
+        """
+        tower = Tower(tower)
+        spec = self.adapter.text if tower is Tower.TEXT else self.adapter.vision
+        b = spec.block
+        paths = {"attn": b.attn, "attn_norm": b.attn_norm, "mlp": b.mlp, "mlp_norm": b.mlp_norm,
+                 "mlp_in": f"{b.mlp}.{b.mlp_in}", "mlp_down": f"{b.mlp}.{b.mlp_down}", "o_proj": f"{b.attn}.{b.o_proj}"}
+        if part not in paths:
+            raise SiteNotFoundError(f"unknown block part {part!r}; valid parts: {', '.join(paths)}")
+        return self.module(f"{spec.layers}.{self._layer(tower, layer)}.{paths[part]}")
 
     @property
     def unembed(self) -> nn.Module:
@@ -256,6 +285,19 @@ class HookedVLM:
             yield
         finally:
             self._hooks.set_result(False)
+
+    def hooks(self, interventions: Sequence[Any], batch: Batch | None = None) -> contextlib.AbstractContextManager:
+        """A context manager applying interventions to every forward inside it.
+
+        Example:
+            >>> with model.hooks([Ablate(site="text.blocks.0.hook_attn_out")], batch):
+            ...     logits = model.forward(batch)
+
+        Every hook is removed on exit, also when the block raises.
+        """
+        from vlmlens.ops.interventions import applied
+
+        return applied(self, interventions, batch.layout if batch is not None else None)
 
     # ---------------------------------------------------------------- running
     def prepare(

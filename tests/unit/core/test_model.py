@@ -48,14 +48,14 @@ def test_every_site_reads_with_its_shape(model, batch):
 
 def test_head_results_sum_to_attn_out(model, batch):
     _, cache = run_with_cache(model, batch, sites=lambda s: s.tower is Tower.TEXT and s.layer == 1)
-    o_proj = model.module(model.hook_path("text.blocks.1.attn.hook_result").rsplit(".", 1)[0]).o_proj
+    o_proj = model.block_module("text", 1, "o_proj")
     bias = o_proj.bias if o_proj.bias is not None else 0
     assert torch.allclose(cache["result", 1].sum(-2) + bias, cache["attn_out", 1], atol=1e-5)
 
 
 def test_mlp_post_through_down_proj_is_mlp_out(model, batch):
     _, cache = run_with_cache(model, batch, sites=["text.blocks.0.mlp.hook_post", "text.blocks.0.hook_mlp_out"])
-    down = model.module("model.language_model.layers.0.mlp.down_proj")
+    down = model.block_module("text", 0, "mlp_down")
     assert torch.allclose(down(cache["mlp_post", 0]), cache["mlp_out", 0], atol=1e-6)
 
 
