@@ -134,8 +134,8 @@ class Site:
         SiteNotFoundError: the combination does not name a site.
     """
 
-    tower: Tower
-    point: Point
+    tower: Tower | str
+    point: Point | str
     layer: int | None = None
 
     def __post_init__(self) -> None:
