@@ -59,7 +59,7 @@ def search(model: HookedVLM, name: str, *, n_images: int = 10, k: int = 5, contr
     unembed = model.unembed.weight
     direction = unembed[yes].mean(0) - unembed[no].mean(0)  # d_model
     post = [Site(Tower.TEXT, Point.MLP_POST, layer) for layer in range(model.n_layers)]
-    logits, cache = vlmlens.run_with_cache(model, batch, sites=post, positions="last")
+    _, cache = vlmlens.run_with_cache(model, batch, sites=post, positions="last")
     scores = []
     for layer, site in enumerate(post):
         down = model.block_module("text", layer, "mlp_down").weight

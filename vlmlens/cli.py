@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlmlens", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name, module in _COMMANDS.items():
+    for module in _COMMANDS.values():
         try:
             importlib.import_module(module).add_parser(subparsers)
         except ModuleNotFoundError as err:

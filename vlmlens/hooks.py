@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from vlmlens.adapters.base import Adapter, TowerSpec
-from vlmlens.sites import BLOCK_POINTS, Point, Site, Tower
+from vlmlens.sites import Point, Site, Tower
 
 __all__ = ["HookPoint", "InstalledHooks", "install", "attention_forward", "ATTN_IMPLEMENTATION"]
 

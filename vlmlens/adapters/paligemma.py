@@ -2,7 +2,7 @@
 
 from dataclasses import replace
 
-from vlmlens.adapters.base import Adapter, TowerSpec
+from vlmlens.adapters.base import TowerSpec
 from vlmlens.adapters.llava import ADAPTER as LLAVA
 from vlmlens.adapters.llava import CLIP_BLOCK
 

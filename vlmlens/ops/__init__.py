@@ -14,6 +14,16 @@ from vlmlens.ops.interventions import (
 )
 from vlmlens.ops.means import mean_activation, top_patches
 from vlmlens.ops.sweep import repeat_batch, sweep
+from vlmlens.ops.patching import (
+    Metric,
+    PatchingResult,
+    logit_diff,
+    patch_heads,
+    patch_image_patches,
+    patch_neurons,
+    patch_residual,
+)
+from vlmlens.ops.store import ActivationStore, StoreInfo, write_store
 
 __all__ = [
     "ActivationCache",
@@ -32,4 +42,14 @@ __all__ = [
     "top_patches",
     "sweep",
     "repeat_batch",
+    "ActivationStore",
+    "StoreInfo",
+    "write_store",
+    "Metric",
+    "PatchingResult",
+    "logit_diff",
+    "patch_residual",
+    "patch_heads",
+    "patch_neurons",
+    "patch_image_patches",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -15,7 +15,7 @@ from vlmlens.sites import Point, Site, Tower, as_point
 
 __all__ = ["ActivationCache", "run_with_cache", "select_sites", "SiteSpec"]
 
-SiteSpec = Union[None, str, Site, Iterable[Union[str, Site]], Callable[[Site], bool]]
+SiteSpec = None | str | Site | Iterable[str | Site] | Callable[[Site], bool]
 """Which sites: ``None`` (all), one name or Site, a list of them, or a predicate on Site."""
 
 
@@ -146,12 +146,11 @@ def run_with_cache(
         for s in chunked
     ]
     try:
-        with model.result_hooks(results), applied(model, interventions, layout), torch.no_grad():
-            with model.trace(batch):
-                for site, envoy in envoys:
-                    act = _select(envoy.output, site, mask)
-                    store[site] = act.detach().to(device) if device is not None else act.detach()
-                logits = model.nn.output.logits.save()
+        with model.result_hooks(results), applied(model, interventions, layout), torch.no_grad(), model.trace(batch):
+            for site, envoy in envoys:
+                act = _select(envoy.output, site, mask)
+                store[site] = act.detach().to(device) if device is not None else act.detach()
+            logits = model.nn.output.logits.save()
     finally:
         for handle in handles:
             handle.remove()

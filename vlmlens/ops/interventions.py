@@ -255,7 +255,7 @@ class MaskPixels(Intervention):
 
 def _grey(model: Any, pixels: torch.Tensor, spans: list, copy: int, image: int, r: int, c: int) -> None:
     """Set the pixels under token-grid patch (r, c) of one image to 0 (the normalised mean)."""
-    rows, cols = spans[image].grid
+    cols = spans[image].grid[1]
     if pixels.dim() == 4:  # images C H W, patch_size blocks
         p = pixels.shape[-1] // cols
         pixels[copy * len(spans) + image, :, r * p : (r + 1) * p, c * p : (c + 1) * p] = 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
 import torch
 
@@ -12,7 +11,7 @@ from vlmlens.layout import TokenLayout
 
 __all__ = ["Positions", "resolve_positions", "seq_axis"]
 
-Positions = Union[str, int, slice, Sequence[int], torch.Tensor, None]
+Positions = str | int | slice | Sequence[int] | torch.Tensor | None
 """``None``/``"all"``, ``"last"`` (last prompt token), ``"image"``, ``"question"``, ``"prefix"``,
 an int or list of ints (same positions in every sample), a slice, or a ``batch seq`` bool mask."""
 

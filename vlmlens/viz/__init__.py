@@ -1,1 +1,29 @@
-"""vlmlens.viz."""
+"""vlmlens.viz: plotly figures, imported lazily.
+
+Importing :mod:`vlmlens.viz` does not import plotly; the first use of a figure
+function does. Plotly is needed only for figures.
+
+Example:
+    >>> import vlmlens.viz
+    >>> callable(vlmlens.viz.heatmap)
+    True
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ["heatmap", "patching_heatmap"]
+
+_LAZY = {"heatmap": "vlmlens.viz.heatmap", "patching_heatmap": "vlmlens.viz.heatmap"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vlmlens.viz' has no attribute {name!r}; available: {', '.join(__all__)}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

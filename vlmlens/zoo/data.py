@@ -53,6 +53,9 @@ class DataConfig:
         caption_rate: Share of caption examples in the sampled stream.
         suffix_rate: Share of questions that carry POPE's "Answer the question using a
             single word or phrase." suffix.
+        turns: Questions per QA example, asked as a multi-turn conversation about the
+            same image (LLaVA-1.5 trains on such conversations); more answers per image
+            pass for the same compute. PaliGemma has no multi-turn format and needs 1.
     """
 
     n_images: int = 2000
@@ -60,7 +63,8 @@ class DataConfig:
     image_sizes: tuple[int, ...] = (64,)
     synth: SynthConfig = field(default_factory=SynthConfig)
     caption_rate: float = 0.25
-    suffix_rate: float = 0.25
+    suffix_rate: float = 0.0
+    turns: int = 1
 
     def __post_init__(self) -> None:
         if self.n_images < 1:
@@ -71,6 +75,8 @@ class DataConfig:
             )
         if not self.image_sizes or any(s < 16 for s in self.image_sizes):
             raise ZooError(f"DataConfig.image_sizes must be sides >= 16 px; got {self.image_sizes}.")
+        if self.turns < 1:
+            raise ZooError(f"DataConfig.turns must be >= 1; got {self.turns}.")
         for name in ("caption_rate", "suffix_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ZooError(f"DataConfig.{name} must be in [0, 1]; got {getattr(self, name)}.")
@@ -78,11 +84,13 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class Example:
-    """One training example: which image, which tokenized prompt, which answer."""
+    """One training example: an image and its turns (tokenized prompt, answer ids).
+
+    The first turn's prompt holds the image; later turns are follow-up questions.
+    """
 
     image: int
-    prompt: int
-    answer: tuple[int, ...]
+    turns: tuple[tuple[int, tuple[int, ...]], ...]
     kind: Literal["qa", "caption"]
 
 
@@ -151,12 +159,18 @@ def build_train_set(family: Family, processor: ProcessorMixin, cfg: DataConfig) 
     qa: list[Example] = []
     captions: list[Example] = []
 
-    def prompt_id(question: str, size: int) -> int:
-        key = (question, size)
+    def prompt_id(question: str, size: int | None) -> int:
+        key = (question, size if size is not None else 0)
         if key not in prompt_index:
             prompt_index[key] = len(prompts)
-            prompts.append(_tokenize_prompt(family, processor, question, size))
+            if size is None:
+                prompts.append(_tokenize_follow_up(family, processor, question))
+            else:
+                prompts.append(_tokenize_prompt(family, processor, question, size))
         return prompt_index[key]
+
+    if family == "paligemma" and cfg.turns > 1:
+        raise ZooError("PaliGemma has no multi-turn format; use DataConfig(turns=1).")
 
     for size_i, size in enumerate(cfg.image_sizes):
         seed = cfg.seed + 7919 * size_i  # distinct scenes per size, still disjoint from 0
@@ -177,30 +191,25 @@ def build_train_set(family: Family, processor: ProcessorMixin, cfg: DataConfig) 
             for name in present:
                 vec[OBJECT_ORDER[name]] = 1.0
             labels.append(vec)
-            captions.append(
-                Example(
-                    image=row[truth.image_id],
-                    prompt=prompt_id(CAPTION_QUESTION, size),
-                    answer=answer_ids(processor, " ".join(present)),
-                    kind="caption",
-                )
-            )
-        seen: set[tuple[str, str]] = set()
+            turn = (prompt_id(CAPTION_QUESTION, size), answer_ids(processor, " ".join(present)))
+            captions.append(Example(image=row[truth.image_id], turns=(turn,), kind="caption"))
+        per_image: dict[str, list[tuple[str, str]]] = {}
         for split in SPLITS:
             for item in splits[split].items:
-                key = (item.image, item.text)
-                if key in seen:
-                    continue
-                seen.add(key)
-                question = item.text + (POPE_SUFFIX if rng.random() < cfg.suffix_rate else "")
-                qa.append(
-                    Example(
-                        image=row[item.image],
-                        prompt=prompt_id(question, size),
-                        answer=answer_ids(processor, ANSWER_WORDS[item.label]),
-                        kind="qa",
-                    )
-                )
+                pairs = per_image.setdefault(item.image, [])
+                if (item.text, item.label) not in pairs:
+                    pairs.append((item.text, item.label))
+        for image, pairs in per_image.items():
+            order = rng.permutation(len(pairs))
+            # Each question once; groups of `turns` questions form one conversation.
+            for start in range(0, len(order), cfg.turns):
+                turns = []
+                for j, k in enumerate(order[start : start + cfg.turns]):
+                    text, label = pairs[k]
+                    question = text + (POPE_SUFFIX if rng.random() < cfg.suffix_rate else "")
+                    pid = prompt_id(question, size if j == 0 else None)
+                    turns.append((pid, answer_ids(processor, ANSWER_WORDS[label])))
+                qa.append(Example(image=row[image], turns=tuple(turns), kind="qa"))
     return TrainSet(
         family=family,
         pixels=pixels,
@@ -239,6 +248,19 @@ def _tokenize_prompt(
     return {k: enc[k][0] for k in keep if k in enc}
 
 
+def _tokenize_follow_up(family: Family, processor: ProcessorMixin, question: str) -> dict[str, torch.Tensor]:
+    # A later turn of a conversation, after the previous answer's end token.
+    if family == "llava":
+        text = f"USER: {question}\nASSISTANT:"
+    else:
+        text = f"\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+    ids = processor.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    out = {"input_ids": ids}
+    if family == "qwen2_vl":
+        out["mm_token_type_ids"] = torch.zeros_like(ids)
+    return out
+
+
 def collate(ts: TrainSet, indices: Sequence[int]) -> dict[str, torch.Tensor]:
     """A right-padded training batch with labels on the answer tokens only.
 
@@ -254,14 +276,22 @@ def collate(ts: TrainSet, indices: Sequence[int]) -> dict[str, torch.Tensor]:
     examples = [ts.examples[i] for i in indices]
     seqs, labs, types, mm = [], [], [], []
     for e in examples:
-        p = ts.prompts[e.prompt]
-        ans = torch.tensor(e.answer, dtype=torch.long)
-        seqs.append(torch.cat([p["input_ids"], ans]))
-        labs.append(torch.cat([torch.full_like(p["input_ids"], -100), ans]))
-        if "token_type_ids" in p:
-            types.append(torch.cat([p["token_type_ids"], torch.ones_like(ans)]))
-        if "mm_token_type_ids" in p:
-            mm.append(torch.cat([p["mm_token_type_ids"], torch.zeros_like(ans)]))
+        seq, lab, typ, mmt = [], [], [], []
+        for prompt, answer in e.turns:
+            p = ts.prompts[prompt]
+            ans = torch.tensor(answer, dtype=torch.long)
+            seq += [p["input_ids"], ans]
+            lab += [torch.full_like(p["input_ids"], -100), ans]
+            if "token_type_ids" in p:
+                typ += [p["token_type_ids"], torch.ones_like(ans)]
+            if "mm_token_type_ids" in p:
+                mmt += [p["mm_token_type_ids"], torch.zeros_like(ans)]
+        seqs.append(torch.cat(seq))
+        labs.append(torch.cat(lab))
+        if typ:
+            types.append(torch.cat(typ))
+        if mmt:
+            mm.append(torch.cat(mmt))
     width = max(len(s) for s in seqs)
     batch = {
         "input_ids": _pad(seqs, width, ts.pad_id),

@@ -14,6 +14,7 @@ import logging
 import platform
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 import transformers
 from tqdm.auto import tqdm
+from transformers import PreTrainedModel
 
 from vlmlens.data import SynthConfig
 from vlmlens.zoo.configs import build_config, dims
@@ -54,6 +56,8 @@ class Recipe:
         vision_pretrain_batch: Its batch size (images).
         freeze_vision: Keep the vision tower frozen in the main stage.
         vision_feature_layer: LLaVA's ``vision_feature_layer``; ``None`` keeps the config's.
+        tie_word_embeddings: Tie the LM's input and output embeddings; ``None`` keeps
+            the family's default (Gemma ties, Llama and Qwen2 do not).
         qwen_min_size: Qwen2-VL only: smallest image side kept as is by the processor.
     """
 
@@ -67,6 +71,7 @@ class Recipe:
     vision_pretrain_batch: int = 64
     freeze_vision: bool = False
     vision_feature_layer: int | None = None
+    tie_word_embeddings: bool | None = None
     qwen_min_size: int = 32
 
     def __post_init__(self) -> None:
@@ -136,6 +141,8 @@ def train(
     recipe: Recipe | None = None,
     threads: int = 1,
     progress: bool = True,
+    callback: Callable[[int, PreTrainedModel], None] | None = None,
+    callback_every: int = 100,
 ) -> TrainResult:
     """Train a toy model from scratch and save it with ``save_pretrained``.
 
@@ -150,6 +157,10 @@ def train(
         recipe: Training recipe; default :data:`RECIPES` ``[family]``.
         threads: torch threads during training (restored afterwards).
         progress: Show tqdm progress bars.
+        callback: Called as ``callback(step, model)`` every ``callback_every`` main-stage
+            steps and after the last (e.g. to record a learning curve); the model is in
+            eval mode during the call.
+        callback_every: Steps between callback calls.
 
     Returns:
         A :class:`TrainResult`.
@@ -185,7 +196,7 @@ def train(
                 feature_layer=model.config.vision_feature_layer,
                 progress=progress,
             )
-        losses = _main_stage(family, model, ts, r, seed, progress)
+        losses = _main_stage(family, model, ts, r, seed, progress, callback, callback_every)
         model.eval()
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
@@ -220,6 +231,9 @@ def _prepare(family: Family, r: Recipe, seed: int) -> tuple[Any, Any, TrainSet]:
     config = build_config(family, "toy", tokenizer=processor.tokenizer)
     if family == "llava" and r.vision_feature_layer is not None:
         config.vision_feature_layer = r.vision_feature_layer
+    if r.tie_word_embeddings is not None:
+        config.tie_word_embeddings = r.tie_word_embeddings
+        config.get_text_config().tie_word_embeddings = r.tie_word_embeddings
     torch.manual_seed(seed)
     model = MODEL_CLASSES[family](config)
     ts = build_train_set(family, processor, r.data)
@@ -227,7 +241,16 @@ def _prepare(family: Family, r: Recipe, seed: int) -> tuple[Any, Any, TrainSet]:
     return model, processor, ts
 
 
-def _main_stage(family: Family, model: Any, ts: TrainSet, r: Recipe, seed: int, progress: bool) -> list[float]:
+def _main_stage(
+    family: Family,
+    model: Any,
+    ts: TrainSet,
+    r: Recipe,
+    seed: int,
+    progress: bool,
+    callback: Callable[[int, PreTrainedModel], None] | None,
+    callback_every: int,
+) -> list[float]:
     if r.freeze_vision:
         for p in model.model.vision_tower.parameters():
             p.requires_grad_(False)
@@ -240,7 +263,7 @@ def _main_stage(family: Family, model: Any, ts: TrainSet, r: Recipe, seed: int, 
         model.model.vision_tower.eval()
     losses: list[float] = []
     bar = tqdm(range(r.steps), desc=f"{family}: main stage", disable=not progress, leave=False)
-    for _ in bar:
+    for step in bar:
         batch = collate(ts, sampler.next())
         loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
@@ -250,6 +273,13 @@ def _main_stage(family: Family, model: Any, ts: TrainSet, r: Recipe, seed: int, 
         sched.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+        if callback is not None and ((step + 1) % callback_every == 0 or step + 1 == r.steps):
+            model.eval()
+            with torch.no_grad():
+                callback(step + 1, model)
+            model.train()
+            if r.freeze_vision:
+                model.model.vision_tower.eval()
     return losses
 
 
