@@ -33,3 +33,18 @@ def test_qwen_images_of_different_sizes(family):
     assert batch.layout.grid(1) == (2, 3)
     logits = model.forward(batch)
     assert torch.isfinite(logits).all()
+
+
+def test_several_images_per_prompt(model):
+    images = tiny_images(3, seed=4)
+    questions = ["Is there a cat?", "Is there a dog in the image?"]
+    batch = model.prepare([[images[0], images[1]], [images[2]]], questions)
+    assert [len(spans) for spans in batch.layout.images] == [2, 1]
+    image_id = getattr(model.hf_model.config, model.adapter.image_token_attr)
+    for b, spans in enumerate(batch.layout.images):
+        for span in spans:
+            assert bool((batch.input_ids[b, span.start : span.stop] == image_id).all())
+    logits = model.forward(batch)
+    alone = model.prepare([[images[0], images[1]]], questions[:1])
+    ref = model.forward(alone)[0, alone.layout.last_prompt[0]]
+    assert torch.allclose(logits[0, batch.layout.last_prompt[0]], ref, atol=1e-4)
