@@ -185,6 +185,8 @@ class Patch(_SiteEdit):
 
     def _replacement(self, act: torch.Tensor) -> torch.Tensor:
         src = self.source.to(act.device)
+        if src.dim() == act.dim() >= 3 and src.shape[1] != act.shape[1] and act.shape[1] == 1:
+            return act  # a decoding step: the source covers the prompt only
         if src.shape != act.shape:
             if src.shape[1:] == act.shape[1:] and act.shape[0] % src.shape[0] == 0:
                 return src.repeat_interleave(act.shape[0] // src.shape[0], 0)

@@ -234,3 +234,12 @@ def test_top_patches():
     scores = torch.tensor([[0.1, 0.9], [0.5, 0.2]])
     assert top_patches(scores, 0.5) == [(0, 1), (1, 0)]
     assert top_patches(scores, 0.25, largest=False) == [(0, 0)]
+
+
+def test_generate_with_patch_applies_at_prompt_step(model, single):
+    _, cache = run_with_cache(model, single, sites=["text.blocks.0.hook_resid_post"])
+    same = model.generate(single, max_new_tokens=3,
+                          interventions=[Patch(site="text.blocks.0.hook_resid_post", source=cache["resid_post", 0])])
+    clean = model.generate(single, max_new_tokens=3)
+    assert torch.equal(same.token_ids, clean.token_ids)
+    assert torch.allclose(same.scores, clean.scores, atol=1e-5)
