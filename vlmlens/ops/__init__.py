@@ -13,7 +13,6 @@ from vlmlens.ops.interventions import (
     run_with_interventions,
 )
 from vlmlens.ops.means import mean_activation, top_patches
-from vlmlens.ops.sweep import repeat_batch, sweep
 from vlmlens.ops.patching import (
     Metric,
     PatchingResult,
@@ -24,6 +23,7 @@ from vlmlens.ops.patching import (
     patch_residual,
 )
 from vlmlens.ops.store import ActivationStore, StoreInfo, write_store
+from vlmlens.ops.sweep import repeat_batch, sweep
 
 __all__ = [
     "ActivationCache",

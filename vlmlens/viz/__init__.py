@@ -5,7 +5,7 @@ function does. Plotly is needed only for figures.
 
 Example:
     >>> import vlmlens.viz
-    >>> callable(vlmlens.viz.heatmap)
+    >>> callable(vlmlens.viz.patching_heatmap)
     True
 """
 
@@ -14,9 +14,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["heatmap", "patching_heatmap"]
+__all__ = ["grid_heatmap", "patching_heatmap"]
 
-_LAZY = {"heatmap": "vlmlens.viz.heatmap", "patching_heatmap": "vlmlens.viz.heatmap"}
+# Function names differ from submodule names: importing a submodule sets it as a package attribute.
+_LAZY = {"grid_heatmap": "vlmlens.viz.heatmap", "patching_heatmap": "vlmlens.viz.heatmap"}
 
 
 def __getattr__(name: str) -> Any:
