@@ -115,7 +115,7 @@ def _input_hook(point: HookPoint):
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> Any:
         if args:
             return (point(args[0]), *args[1:]), kwargs
-        key = next(iter(kwargs))
+        key = "hidden_states" if "hidden_states" in kwargs else next(iter(kwargs))
         return args, {**kwargs, key: point(kwargs[key])}
 
     return hook

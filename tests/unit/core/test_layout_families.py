@@ -48,3 +48,12 @@ def test_several_images_per_prompt(model):
     alone = model.prepare([[images[0], images[1]]], questions[:1])
     ref = model.forward(alone)[0, alone.layout.last_prompt[0]]
     assert torch.allclose(logits[0, batch.layout.last_prompt[0]], ref, atol=1e-4)
+
+
+def test_pattern_shows_the_family_mask(model, single):
+    """PaliGemma's prefix attends bidirectionally; LLaVA and Qwen2-VL are causal."""
+    from vlmlens.ops import run_with_cache
+
+    _, cache = run_with_cache(model, single, sites=["text.blocks.0.attn.hook_pattern"])
+    future = float(cache["pattern", 0][0].triu(1).sum())
+    assert (future > 1e-3) == (model.family == "paligemma")
