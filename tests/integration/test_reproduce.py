@@ -3,12 +3,20 @@ import json
 
 import pytest
 
+from vlmlens.errors import DataError
 from vlmlens.vrp.cli import reproduce
 
 
 def _args(out, n, resume=False):
     return argparse.Namespace(models=["tiny-paligemma"], quick=False, n=n, split="adversarial", pope=None,
-                              images=None, out=out, resume=resume, batch_size=4, seed=0)
+                              images=None, out=out, resume=resume, batch_size=4, seed=0, resamples=50,
+                              threads=1, no_report=True)
+
+
+def _kill(table, keep_rows):
+    """Leave the header and the first ``keep_rows`` rows, as if the run was killed there."""
+    lines = table.read_text().splitlines(keepends=True)
+    table.write_text("".join(lines[: keep_rows + 1]))
 
 
 @pytest.mark.slow
@@ -16,14 +24,22 @@ def test_reproduce_end_to_end_and_resume(tmp_path):
     full = reproduce(_args(tmp_path / "full", 2))
     r = full["models"]["tiny-paligemma"]
     assert r["n"] == 12 and r["pope"]["n"] == 12
-    assert set(r["masking"]) == {"top", "bottom", "random"}
-    assert len(r["truth_margin_by_layer"]) == 2
+    assert {"top", "bottom", "random"} <= set(r["masking"])
+    assert len(r["margins"]["truth"]) == 2
+    assert {"mlp_out", "mlp_post"} <= set(r["ablation"]) and "counts" in r["destruction"]
     assert (tmp_path / "full" / "summary.md").read_text().startswith("# VRP summary")
-    # An interrupted run (first 6 questions done) resumed to the end gives the same results.
+    assert json.loads((tmp_path / "full" / "results.json").read_text()) == full
+    assert (tmp_path / "full" / "per_sample.csv").read_text().count("\n") == 13
+    # Killed in the per-sample pass (6 questions done: one batch of 4 and half of the next) ...
     part = tmp_path / "part"
     reproduce(_args(part, 2))
-    samples = part / "tiny-paligemma" / "samples.csv"
-    lines = samples.read_text().splitlines(keepends=True)
-    samples.write_text("".join(lines[:7]))  # header + 6 samples: the run was killed here
+    _kill(part / "tiny-paligemma" / "samples.csv", 6)
+    (part / "tiny-paligemma" / "interventions.csv").unlink()
+    with pytest.raises(DataError, match="exists; pass resume=True"):
+        reproduce(_args(part, 2))
     resumed = reproduce(_args(part, 2, resume=True))
-    assert json.dumps(resumed, sort_keys=True, default=float) == json.dumps(full, sort_keys=True, default=float)
+    assert json.dumps(resumed, sort_keys=True) == json.dumps(full, sort_keys=True)
+    # ... and in the ablation pass: resumed runs give the same results.json.
+    _kill(part / "tiny-paligemma" / "interventions.csv", 5)
+    resumed = reproduce(_args(part, 2, resume=True))
+    assert json.dumps(resumed, sort_keys=True) == json.dumps(full, sort_keys=True)

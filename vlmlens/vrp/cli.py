@@ -1,26 +1,28 @@
-"""``vlmlens reproduce``: the VRP measurements on the toy zoo over SynthPOPE (the main job)."""
+"""``vlmlens reproduce``: every VRP measurement on the toy zoo over SynthPOPE (the main job).
+
+Writes into ``--out``: ``results.json`` (every number), ``per_sample.csv`` (one row per
+model and question), ``summary.md`` (the paper's headline table with ours beside it),
+``report.html`` (self-contained figures) and one store folder per model (its per-sample
+tables and feature shards, which ``--resume`` continues).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from vlmlens.vrp.pipeline import VRPConfig, run_samples, summarize
+import pandas as pd
 
-__all__ = ["add_parser", "run", "reproduce", "PAPER"]
+__all__ = ["DEFAULT_MODELS", "add_parser", "reproduce", "run"]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODELS = ("toy-llava", "toy-paligemma", "toy-qwen2vl")
-
-# The paper's headline values (VRP.md), shown beside ours in summary.md.
-PAPER = {
-    "rpb_C_k": "0.001 [-0.034, 0.036], n=3090",
-    "rpb_H_s": "-0.012 [-0.047, 0.024], n=3090",
-    "mask_top": "8.2-11.3 pp drop (p<0.001)",
-    "probe": "AUROC 0.956 / 0.944 / 0.971 (best layer)",
-    "peak_visual_layer": "LLaVA L31, PaliGemma L14, Qwen2-VL L27",
-}
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -36,6 +38,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resamples", type=int, default=None,
+                   help="bootstrap resamples of every CI (default 1000; --quick: 200)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: the toy models' small matrices run fastest on one)")
+    p.add_argument("--no-interventions", action="store_true", help="skip neuron ablation and dimension destruction")
+    p.add_argument("--no-report", action="store_true", help="skip report.html")
     return p
 
 
@@ -55,58 +63,98 @@ def _dataset(args: argparse.Namespace, n_images: int) -> Any:
     if args.pope is not None:
         if args.images is None:
             raise SystemExit("--pope needs --images DIR (the folder holding the question file's images)")
-        return load_pope(args.pope, args.images).subset(n_images * 6)
+        dataset = load_pope(args.pope, args.images)
+        return dataset.subset(min(len(dataset), n_images * 6))
     return synth_pope(args.split, n_images, seed=args.seed)
 
 
+def _config(args: argparse.Namespace) -> Any:
+    from vlmlens.vrp.config import VRPConfig
+
+    resamples = getattr(args, "resamples", None)
+    if resamples is None:
+        resamples = 200 if args.quick else 1000
+    return VRPConfig(batch_size=getattr(args, "batch_size", 8), seed=args.seed, n_resamples=resamples,
+                     interventions=not getattr(args, "no_interventions", False))
+
+
+def _pooled(frames: list[pd.DataFrame], config: Any) -> dict[str, Any]:
+    """R_pb of C_k and H_s with correctness over every model's questions (the paper's pooled row)."""
+    from vlmlens.vrp.analysis import correlations, to_jsonable
+
+    if len(frames) < 2:
+        return {}
+    frame = pd.concat([f[["correct", "C_k", "H_s", "H_s_norm"]] for f in frames], ignore_index=True)
+    return to_jsonable(correlations(frame, ["C_k", "H_s", "H_s_norm"], n_resamples=config.n_resamples,
+                                    seed=config.seed))
+
+
 def reproduce(args: argparse.Namespace) -> dict[str, Any]:
-    """Run every model, write results.json and summary.md into ``args.out``; return the results."""
+    """Run every model; write results.json, per_sample.csv, summary.md and report.html into ``args.out``.
+
+    Returns:
+        The contents of ``results.json``.
+    """
+    import torch
+
+    from vlmlens.vrp.analysis import to_jsonable
+    from vlmlens.vrp.headline import summary_markdown
+    from vlmlens.vrp.runner import run as run_vrp
+
+    threads = getattr(args, "threads", None)
+    if threads:
+        torch.set_num_threads(threads)
     n_images = args.n if args.n is not None else (10 if args.quick else 100)
-    config = VRPConfig(batch_size=args.batch_size, seed=args.seed)
+    config = _config(args)
     dataset = _dataset(args, n_images)
     args.out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"config": {"n_images": n_images, "split": args.split, "seed": args.seed,
-                                          "mask_fraction": config.mask_fraction}, "models": {}}
+    results: dict[str, Any] = {
+        "config": {"n_images": n_images, "n_questions": len(dataset), "split": args.split,
+                   "dataset": str(args.pope) if args.pope else "SynthPOPE", **config.to_dict()},
+        "models": {},
+    }
+    frames, datasets, timings = [], {}, {}
     for name in args.models:
+        start = time.perf_counter()
         folder = args.out / name.replace("/", "__")
         model = _load_model(name)
-        run_samples(model, dataset, config, folder, resume=args.resume or not (folder / "samples.csv").exists(),
-                    name=name)
-        results["models"][name] = {"family": model.family, "n_layers": model.n_layers, **summarize(folder, config)}
-        (args.out / "results.json").write_text(json.dumps(results, indent=2, default=float))
-    (args.out / "summary.md").write_text(summary_markdown(results))
-    return results
+        resume = args.resume or not (folder / "samples.csv").exists()
+        result = run_vrp(model, dataset, config, out=folder, name=name, resume=resume)
+        results["models"][name] = result.results
+        frames.append(result.samples.drop(columns=["attention_map"]).assign(model=name))
+        datasets[name] = dataset
+        timings[name] = round(time.perf_counter() - start, 1)
+        logger.info("VRP %s done in %.1f s", name, timings[name])
+        _write_json(args.out / "results.json", results)
+    results["pooled"] = _pooled(frames, config)
+    _write_json(args.out / "results.json", results)
+    table = pd.concat(frames, ignore_index=True)
+    table[["model", *[c for c in table.columns if c != "model"]]].to_csv(args.out / "per_sample.csv", index=False)
+    summary = summary_markdown(results, pooled=results["pooled"])
+    (args.out / "summary.md").write_text(summary)
+    if not getattr(args, "no_report", False):
+        from vlmlens.viz.report import write_report
+
+        write_report(args.out / "report.html", results, summary=summary, datasets=datasets)
+    _write_json(args.out / "timings.json", timings)  # kept out of results.json: it differs run to run
+    return to_jsonable(results)
 
 
-def summary_markdown(results: dict[str, Any]) -> str:
-    """A table in the shape of the paper's headline table: ours (CI, n) beside the paper's."""
-    lines = ["# VRP summary", "", f"Config: {json.dumps(results['config'])}", "",
-             "| measurement | model | ours | paper |", "|---|---|---|---|"]
-    for name, r in results["models"].items():
-        pope = r["pope"]
-        lines.append(f"| POPE accuracy (yes-ratio) | {name} | {pope['accuracy']:.3f} ({pope['yes_ratio']:.3f}), "
-                     f"n={r['n']} | - |")
-        for key in ("rpb_C_k", "rpb_H_s"):
-            c = r.get(key)
-            ours = (f"{c['r']:.3f} [{c['fisher_ci'][0]:.3f}, {c['fisher_ci'][1]:.3f}], n={c['n']}"
-                    if c else "undefined (constant)")
-            lines.append(f"| R_pb({key[4:]}, correct) | {name} | {ours} | {PAPER[key]} |")
-        m = r["masking"]["top"]
-        lines.append(f"| top-30% patch masking drop | {name} | {m['drop_pp']:.1f} pp (McNemar p={m['p_value']:.3g}), "
-                     f"n={m['n']}; bottom {r['masking']['bottom']['drop_pp']:.1f}, random "
-                     f"{r['masking']['random']['drop_pp']:.1f} | {PAPER['mask_top']} |")
-        if "probe" in r:
-            best = r["probe"]["best_layer"]
-            row = r["probe"]["by_layer"][best]
-            auroc = {k: v for k, v in row.items() if "auroc" in k}
-            lines.append(f"| probe AUROC, best layer | {name} | L{best}: {json.dumps(auroc)} | {PAPER['probe']} |")
-        lines.append(f"| peak visual layer | {name} | L{r['peak_visual_layer']} of {r['n_layers']} | "
-                     f"{PAPER['peak_visual_layer']} |")
-    return "\n".join(lines) + "\n"
+def _write_json(path: Path, value: Any) -> None:
+    from vlmlens.vrp.analysis import to_jsonable
+
+    path.write_text(json.dumps(to_jsonable(value), indent=1, allow_nan=False))
 
 
 def run(args: argparse.Namespace) -> int:
-    results = reproduce(args)
+    from vlmlens.errors import VLMLensError
+
+    try:
+        results = reproduce(args)
+    except VLMLensError as err:
+        print(f"vlmlens reproduce: {err}", file=sys.stderr)
+        return 2
     print((args.out / "summary.md").read_text())
-    print(f"wrote {args.out / 'results.json'} and per-model samples.csv for {len(results['models'])} model(s)")
+    written = ["results.json", "per_sample.csv", "summary.md"] + ([] if args.no_report else ["report.html"])
+    print(f"wrote {', '.join(str(args.out / w) for w in written)} for {len(results['models'])} model(s)")
     return 0

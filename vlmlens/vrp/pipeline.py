@@ -1,26 +1,29 @@
-"""The VRP measurement pipeline over (model, dataset): per-sample pass, then statistics.
+"""The VRP per-sample pass (phase 1): every measurement that needs one question at a time.
 
-The per-sample pass runs batch by batch and appends to ``samples.csv`` and one feature
-shard per batch, so a killed run resumes without redoing or losing samples. The final
-statistics are computed from those files only.
+Batch by batch (batches fixed by dataset order), for each question:
 
-Measured per sample: greedy answer and correctness (POPE parser); the aggregated
-attention map M of the last prompt position over the image patches (H_s, normalised
-H_s, C_k, attention mass on the queried object); logit-lens yes/no and truth margins per
-layer, for the real image and a blank grey one; the answer after greying out the top /
-bottom / random share of patches (ranked by last-layer attention) in pixel space.
-Across samples: POPE metrics, R_pb of C_k and H_s with correctness (Fisher and bootstrap
-CIs), per-layer hidden-state probes (AUROC with CI and shuffled control), peak visual
-layer, masking accuracy drops with exact McNemar tests.
+* the greedy answer and K sampled answers, decoded from one shared prefill
+  (:func:`vlmlens.vrp.sampling.decode_shared`); correctness by the POPE parser; token
+  confidence; the self-consistency samples;
+* the aggregated attention map M of the last prompt position over the image patches and
+  its H_s (nats and normalised), C_k, per-layer H_s and the attention mass on the
+  queried object's patches;
+* logit-lens yes/no and truth margins per layer, for the real image and a blank grey one;
+* the first-token answer after greying out the top / bottom / random share of patches
+  (ranked by last-layer attention), for every masking share swept;
+* features for the probes and the ablation ranking: the residual stream, the MLP output
+  and the MLP neurons at the last prompt position of every layer.
+
+Rows go to ``samples.csv`` and arrays to one feature shard per batch (see
+:mod:`vlmlens.vrp.store`), so a killed run resumes without redoing or losing samples.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,198 +31,235 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from vlmlens.data import parse_yes_no, pope_metrics
+from vlmlens.data import parse_yes_no
 from vlmlens.errors import DataError
-from vlmlens.ops import MaskPixels, run_with_cache, run_with_interventions, top_patches
+from vlmlens.ops import MaskPixels, run_with_cache, sweep, top_patches
 from vlmlens.sites import Point, Site, Tower
-from vlmlens.vrp.attention import cluster_count, object_attention_mass, spatial_entropy
-from vlmlens.vrp.probes import ProbeConfig, probe_layers
-from vlmlens.vrp.stats import mcnemar_exact, point_biserial
+from vlmlens.vrp.attention import (
+    aggregate_attention,
+    cluster_count,
+    entropy_evolution,
+    object_attention_mass,
+    spatial_entropy,
+)
+from vlmlens.vrp.config import VRPConfig
+from vlmlens.vrp.consistency import consistency_score, token_confidence
+from vlmlens.vrp.margins import truth_margin, yes_no_margin
+from vlmlens.vrp.sampling import decode_shared
+from vlmlens.vrp.store import SampleStore
 
-__all__ = ["VRPConfig", "run_samples", "summarize"]
+__all__ = ["FEATURES", "MASKS", "AnswerTokens", "batches_of", "mask_column", "measure_batch", "run_samples"]
 
 logger = logging.getLogger(__name__)
 MASKS = ("top", "bottom", "random")
+FEATURES = {"resid": Point.RESID_POST, "mlp_out": Point.MLP_OUT, "mlp_post": Point.MLP_POST}
+"""Feature shard name -> the site (every text layer, last prompt position) it stores."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class VRPConfig:
-    """Parameters of a VRP run (VRP.md marks the choices).
+def mask_column(kind: str, fraction: float) -> str:
+    """Column of ``samples.csv`` holding the first-token correctness under one mask.
+
+    Example:
+        >>> mask_column("top", 0.3)
+        'mask_top_30_correct'
+    """
+    return f"mask_{kind}_{round(fraction * 100):02d}_correct"
+
+
+def batches_of(items: Sequence[Any], size: int) -> list[tuple[int, list[Any]]]:
+    """Fixed batches ``(index, items)`` in dataset order (the same in resumed runs)."""
+    return [(i // size, list(items[i : i + size])) for i in range(0, len(items), size)]
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class AnswerTokens:
+    """Token ids of the answers and the POPE answer of every single token of a tokenizer.
 
     Attributes:
-        batch_size: samples per forward.
-        mask_fraction: share of patches greyed out in the masking test.
-        attention_layers: ``"second_half"`` or ``"all"`` text layers for the map M.
-        seed: seeds the random masks, probes and bootstraps.
-        probe: the hidden-state probe settings.
+        yes: Ids of the "yes" variants (case, leading space).
+        no: Ids of the "no" variants.
+        by_token: ``vocab`` array, 1 where the token alone parses as "yes".
     """
 
-    batch_size: int = 8
-    mask_fraction: float = 0.3
-    attention_layers: str = "second_half"
-    seed: int = 0
-    probe: ProbeConfig = ProbeConfig()
+    yes: tuple[int, ...]
+    no: tuple[int, ...]
+    by_token: np.ndarray
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise DataError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not 0 < self.mask_fraction < 1:
-            raise DataError(f"mask_fraction must be in (0, 1), got {self.mask_fraction}")
-        if self.attention_layers not in ("second_half", "all"):
-            raise DataError(f"attention_layers must be 'second_half' or 'all', got {self.attention_layers!r}")
+        if not self.yes or not self.no:
+            raise DataError(
+                f"the tokenizer has no single-token 'yes' ({self.yes}) or 'no' ({self.no}); the logit-lens "
+                "margins need both as single tokens."
+            )
+
+    @classmethod
+    def of(cls, model: Any) -> AnswerTokens:
+        """Read them from a model's tokenizer."""
+        tokenizer = model.tokenizer
+        special = set(tokenizer.all_special_ids)
+
+        def ids(words: tuple[str, ...]) -> tuple[int, ...]:
+            found = set()
+            for word in words:
+                for text in (word, " " + word):
+                    tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
+                    if len(tokens) == 1 and tokens[0] not in special:
+                        found.add(tokens[0])
+            return tuple(sorted(found))
+
+        vocab = model.unembed.weight.shape[0]
+        texts = tokenizer.batch_decode([[t] for t in range(min(vocab, len(tokenizer)))], skip_special_tokens=True)
+        by_token = np.ones(vocab, dtype=np.int8)
+        by_token[: len(texts)] = [parse_yes_no(t) == "yes" for t in texts]
+        return cls(yes=ids(("yes", "Yes", "YES")), no=ids(("no", "No", "NO")), by_token=by_token)
+
+    def first_answers(self, logits: torch.Tensor, last: Sequence[int]) -> list[str]:
+        """POPE answer of the argmax token at each sample's last prompt position."""
+        rows = torch.arange(logits.shape[-3])
+        tokens = logits[..., rows, torch.as_tensor(last), :].argmax(-1).numpy()
+        return np.where(self.by_token[tokens] == 1, "yes", "no").tolist()
 
 
-def _token_ids(model: Any, words: tuple[str, ...]) -> list[int]:
-    ids = set()
-    for word in words:
-        for text in (word, " " + word):
-            tokens = model.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if len(tokens) == 1:
-                ids.add(tokens[0])
-    return sorted(ids)
-
-
-def _first_token_answers(model: Any, logits: torch.Tensor, layout: Any) -> list[str]:
-    last = torch.tensor(layout.last_prompt)
-    tokens = logits[torch.arange(len(last)), last].argmax(-1)
-    return [parse_yes_no(t) for t in model.tokenizer.batch_decode(tokens[:, None], skip_special_tokens=True)]
-
-
-def run_samples(model: Any, dataset: Any, config: VRPConfig, out: Path, *, resume: bool = False,
-                name: str = "model") -> Path:
-    """Per-sample measurements, appended batch by batch to ``out/samples.csv`` (+ feature shards).
-
-    Returns:
-        The folder holding ``samples.csv`` and ``features/``.
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    table = out / "samples.csv"
-    (out / "features").mkdir(exist_ok=True)
-    done: set[int] = set()
-    if table.exists():
-        if not resume:
-            raise DataError(f"{table} exists; pass resume=True (--resume) to continue it or choose another --out")
-        with table.open() as f:
-            done = {int(row["question_id"]) for row in csv.DictReader(f)}
-    items = [item for item in dataset.items if item.question_id not in done]
-    yes_ids, no_ids = _token_ids(model, ("yes", "Yes")), _token_ids(model, ("no", "No"))
-    layers = list(range(model.n_layers // 2 if config.attention_layers == "second_half" else 0, model.n_layers))
-    resid = [Site(Tower.TEXT, Point.RESID_POST, layer) for layer in range(model.n_layers)]
-    patterns = [Site(Tower.TEXT, Point.PATTERN, layer) for layer in range(model.n_layers)]
-    rng = np.random.default_rng(config.seed)
-    header = None if done else True
-    batches = [items[i : i + config.batch_size] for i in range(0, len(items), config.batch_size)]
-    for chunk in tqdm(batches, desc=f"VRP {name}", unit="batch"):
-        images = [dataset.image(item) for item in chunk]
-        batch = model.prepare(images, [item.text for item in chunk], suffix=True)
-        greedy = model.generate(batch, max_new_tokens=2)
-        logits, cache = run_with_cache(model, batch, sites=resid + patterns, positions="last")
-        blank = model.prepare([Image.new("RGB", im.size, (128, 128, 128)) for im in images],
-                              [item.text for item in chunk], suffix=True)
-        _, blank_cache = run_with_cache(model, blank, sites=resid, positions="last")
-        margins = _margins(model, cache, yes_ids, no_ids)
-        blank_margins = _margins(model, blank_cache, yes_ids, no_ids)
-        rows, maps_last = [], []
-        for b, item in enumerate(chunk):
-            positions = batch.layout.image_positions(b)
-            grid = batch.layout.grid(b)
-            attn = torch.stack([cache[p][b][:, positions].mean(0) for p in patterns])  # layer n_img
-            m = attn[layers].mean(0)
-            m = (m / m.sum()).view(grid).numpy()
-            maps_last.append(attn[-1].view(grid))
-            truth = dataset.ground_truth(item)
-            mass = float("nan")
-            if truth is not None and item.object_name and truth.has(item.object_name):
-                mass = object_attention_mass(m, truth.patch_mask(item.object_name, grid))
-            answer = parse_yes_no(greedy.texts[b])
-            sign = 1.0 if item.label == "yes" else -1.0
-            rows.append({
-                "question_id": item.question_id, "image": item.image, "label": item.label,
-                "answer": answer, "correct": int(answer == item.label), "raw": greedy.texts[b].strip(),
-                "confidence": float(greedy.scores[b].mean()),
-                "H_s": spatial_entropy(m), "H_s_norm": spatial_entropy(m, normalized=True),
-                "C_k": cluster_count(m), "object_mass": mass,
-                "margins": json.dumps([round(float(sign * x), 5) for x in margins[:, b]]),
-                "blank_margins": json.dumps([round(float(sign * x), 5) for x in blank_margins[:, b]]),
-            })
-        first = _first_token_answers(model, logits, batch.layout)
-        for kind in MASKS:
-            chosen = []
-            for b in range(len(chunk)):
-                scores = maps_last[b]
-                if kind == "random":
-                    scores = torch.from_numpy(rng.random(scores.shape))
-                chosen.append(top_patches(scores, config.mask_fraction, largest=kind != "bottom"))
-            masked = run_with_interventions(model, batch, [MaskPixels(patches=chosen)])
-            for row, base, after in zip(rows, first, _first_token_answers(model, masked, batch.layout)):
-                row["first_correct"] = int(base == row["label"])
-                row[f"mask_{kind}_correct"] = int(after == row["label"])
-        shard = out / "features" / f"{chunk[0].question_id}.npz"
-        np.savez(shard, question_id=np.array([i.question_id for i in chunk]),
-                 resid=torch.stack([cache[s] for s in resid], 1).numpy())
-        with table.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            if header:
-                writer.writeheader()
-                header = False
-            writer.writerows(rows)
-    return out
-
-
-def _margins(model: Any, cache: Any, yes_ids: list[int], no_ids: list[int]) -> np.ndarray:
-    """Logit-lens yes-minus-no margin per layer: ``layer batch`` (final norm applied once)."""
+def _per_layer_logits(model: Any, cache: Any) -> np.ndarray:
+    """Logit lens at the cached last positions: ``batch layer vocab`` (final norm applied once)."""
     resid = cache.stack(Point.RESID_POST)  # layer batch d_model
     with torch.no_grad():
         logits = model.unembed(model.final_norm(resid.to(model.device))).float().cpu()
-    return (logits[..., yes_ids].max(-1).values - logits[..., no_ids].max(-1).values).numpy()
+    return logits.transpose(0, 1).numpy()
 
 
-def summarize(folder: Path, config: VRPConfig) -> dict[str, Any]:
-    """Statistics over the per-sample files of one model's run."""
-    with (folder / "samples.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise DataError(f"{folder / 'samples.csv'} holds no samples")
-    correct = np.array([int(r["correct"]) for r in rows])
-    metrics = pope_metrics([r["answer"] for r in rows], [r["label"] for r in rows])
-    result: dict[str, Any] = {"n": len(rows), "pope": metrics.to_dict()}
-    for key in ("C_k", "H_s", "H_s_norm", "confidence"):
-        values = np.array([float(r[key]) for r in rows])
-        if np.ptp(values) > 0 and 0 < correct.sum() < len(correct):
-            result[f"rpb_{key}"] = _corr(point_biserial(correct, values, seed=config.seed))
-    mass = np.array([float(r["object_mass"]) for r in rows])
-    result["object_mass_mean"] = float(np.nanmean(mass)) if np.isfinite(mass).any() else None
-    margins = np.array([json.loads(r["margins"]) for r in rows])
-    blank = np.array([json.loads(r["blank_margins"]) for r in rows])
-    result["truth_margin_by_layer"] = margins.mean(0).round(4).tolist()
-    result["peak_visual_layer"] = int(np.argmax((margins - blank).mean(0)))
-    by_id = {int(r["question_id"]): i for i, r in enumerate(rows)}
-    feats = np.zeros((len(rows), *np.load(next((folder / "features").glob("*.npz")))["resid"].shape[1:]),
-                     dtype=np.float32)
-    for shard in (folder / "features").glob("*.npz"):
-        data = np.load(shard)
-        for qid, vec in zip(data["question_id"], data["resid"]):
-            if int(qid) in by_id:
-                feats[by_id[int(qid)]] = vec
-    if 0 < correct.sum() < len(correct) and min(correct.sum(), len(correct) - correct.sum()) >= 4:
-        probes = probe_layers(np.moveaxis(feats, 1, 0), correct.astype(bool), config.probe)
-        result["probe"] = _probe_dict(probes)
-    first = np.array([int(r["first_correct"]) for r in rows])
-    result["masking"] = {
-        kind: _mcnemar(mcnemar_exact(first, np.array([int(r[f"mask_{kind}_correct"]) for r in rows])))
-        for kind in MASKS
-    }
-    return result
+def _margins(logits: np.ndarray, tokens: AnswerTokens, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(yes_no, truth)`` margins, each ``batch layer``."""
+    yes_no = yes_no_margin(logits, tokens.yes, tokens.no)
+    truth_yes, truth_no = truth_margin(logits, tokens.yes), truth_margin(logits, tokens.no)
+    truth = np.where(np.array([lab == "yes" for lab in labels])[:, None], truth_yes, truth_no)
+    return yes_no, truth
 
 
-def _corr(c: Any) -> dict[str, Any]:
-    return {"r": c.r, "p": c.p, "n": c.n, "fisher_ci": list(c.fisher_ci), "bootstrap_ci": list(c.bootstrap_ci)}
+def _round(values: np.ndarray, digits: int = 5) -> str:
+    return json.dumps(np.round(np.asarray(values, dtype=np.float64), digits).tolist())
 
 
-def _mcnemar(m: Any) -> dict[str, Any]:
-    return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in asdict(m).items()}
+def _mask_conditions(maps_last: list[torch.Tensor], qids: Sequence[int], config: VRPConfig) -> tuple[list, list]:
+    """One MaskPixels condition per (kind, share); random scores seeded per question."""
+    random_scores = [
+        torch.from_numpy(np.random.default_rng([config.seed, int(q)]).random(tuple(m.shape)))
+        for q, m in zip(qids, maps_last)
+    ]
+    names, conditions = [], []
+    for fraction in config.masking.fractions:
+        for kind in MASKS:
+            scores = random_scores if kind == "random" else maps_last
+            chosen = [top_patches(s, fraction, largest=kind != "bottom") for s in scores]
+            names.append(mask_column(kind, fraction))
+            conditions.append([MaskPixels(patches=chosen)])
+    return names, conditions
 
 
-def _probe_dict(p: Any) -> dict[str, Any]:
-    frame = p.to_frame()
-    return {"best_layer": int(p.best_layer), "by_layer": json.loads(frame.to_json(orient="records"))}
+def measure_batch(model: Any, dataset: Any, chunk: Sequence[Any], config: VRPConfig, tokens: AnswerTokens,
+                  index: int) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Every phase-1 measurement of one batch of questions.
+
+    Args:
+        model: A HookedVLM.
+        dataset: The dataset the questions come from (images and ground truth).
+        chunk: The batch's questions (:class:`vlmlens.data.PopeItem`).
+        config: The run's settings.
+        tokens: The model's answer tokens (:meth:`AnswerTokens.of`).
+        index: The batch index, written into each row.
+
+    Returns:
+        ``(rows, arrays)``: one ``samples.csv`` row per question, and the feature arrays
+        (``question_id`` plus each of :data:`FEATURES`, ``batch layer width``).
+    """
+    n_layers = model.n_layers
+    images = [dataset.image(item) for item in chunk]
+    questions = [item.text for item in chunk]
+    qids = [item.question_id for item in chunk]
+    labels = [item.label for item in chunk]
+    batch = model.prepare(images, questions, suffix=True)
+    cc = config.consistency
+    decoded = decode_shared(model, batch, k=cc.k_max, max_new_tokens=cc.max_new_tokens,
+                            temperature=cc.temperature, top_p=cc.top_p, seed=config.seed, keys=qids)
+    patterns = [Site(Tower.TEXT, Point.PATTERN, layer) for layer in range(n_layers)]
+    feature_sites = {name: [Site(Tower.TEXT, point, layer) for layer in range(n_layers)]
+                     for name, point in FEATURES.items()}
+    sites = patterns + [s for group in feature_sites.values() for s in group]
+    logits, cache = run_with_cache(model, batch, sites=sites, positions="last")
+    blank = model.prepare([Image.new("RGB", im.size, (128, 128, 128)) for im in images], questions, suffix=True)
+    _, blank_cache = run_with_cache(model, blank, sites=feature_sites["resid"], positions="last")
+    yes_no, truth = _margins(_per_layer_logits(model, cache), tokens, labels)
+    yes_no_blank, truth_blank = _margins(_per_layer_logits(model, blank_cache), tokens, labels)
+    first = tokens.first_answers(logits, batch.layout.last_prompt)
+    layers = list(range(n_layers // 2 if config.attention_layers == "second_half" else 0, n_layers))
+    rows, maps_last = [], []
+    for b, item in enumerate(chunk):
+        positions = batch.layout.image_positions(b)
+        grid = batch.layout.grid(b)
+        pattern_rows = torch.stack([cache[p][b][:, positions] for p in patterns])  # layer head image_token
+        m = aggregate_attention(pattern_rows, grid, layers=layers)
+        per_layer = pattern_rows.mean(1).reshape(n_layers, *grid)
+        h_layers, _ = entropy_evolution(per_layer)
+        maps_last.append(per_layer[-1])
+        truth_scene = dataset.ground_truth(item)
+        mass = float("nan")
+        if truth_scene is not None and item.object_name and truth_scene.has(item.object_name):
+            mass = object_attention_mass(m, truth_scene.patch_mask(item.object_name, grid))
+        answer = parse_yes_no(decoded.greedy[b])
+        majority, share = consistency_score(decoded.samples[b][: cc.k], yes_no=True)
+        rows.append({
+            "question_id": item.question_id, "batch": index, "image": item.image, "label": item.label,
+            "object_name": item.object_name or "", "answer": answer, "correct": int(answer == item.label),
+            "raw": decoded.greedy[b].strip(), "confidence": token_confidence(decoded.greedy_logprobs[b]),
+            "S_SC": share, "consistency_answer": majority, "samples": json.dumps(list(decoded.samples[b])),
+            "H_s": spatial_entropy(m), "H_s_norm": spatial_entropy(m, normalized=True), "C_k": cluster_count(m),
+            "object_mass": mass, "H_s_layers": _round(h_layers),
+            "yes_no_margin": _round(yes_no[b]), "yes_no_margin_blank": _round(yes_no_blank[b]),
+            "truth_margin": _round(truth[b]), "truth_margin_blank": _round(truth_blank[b]),
+            "grid": json.dumps(list(grid)), "attention_map": _round(m, 6),
+            "first_answer": first[b], "first_correct": int(first[b] == item.label),
+        })  # fmt: skip
+    names, conditions = _mask_conditions(maps_last, qids, config)
+    masked = sweep(model, batch, conditions)
+    for name, condition_logits in zip(names, masked):
+        for row, after in zip(rows, tokens.first_answers(condition_logits, batch.layout.last_prompt)):
+            row[name] = int(after == row["label"])
+    arrays = {"question_id": np.array(qids)}
+    for name, group in feature_sites.items():
+        arrays[name] = torch.stack([cache[s] for s in group], 1).float().numpy()
+    return rows, arrays
+
+
+def run_samples(model: Any, dataset: Any, config: VRPConfig, store: SampleStore, *, resume: bool = False,
+                name: str = "model") -> SampleStore:
+    """The per-sample pass over ``dataset``, appended batch by batch to ``store``.
+
+    Args:
+        model: A HookedVLM.
+        dataset: A :class:`vlmlens.data.PopeDataset` (SynthPOPE or POPE).
+        config: The run's settings.
+        store: Where rows and features go.
+        resume: Continue a table that exists (finished batches are kept, others redone).
+        name: Shown on the progress bar.
+
+    Returns:
+        ``store``.
+
+    Raises:
+        DataError: if the table exists and ``resume`` is false, or the dataset is empty.
+    """
+    if len(dataset) == 0:
+        raise DataError("the dataset is empty; nothing to measure.")
+    if store.exists("samples") and not resume:
+        raise DataError(f"{store.table_path('samples')} exists; pass resume=True (--resume) to continue it "
+                        "or choose another --out")
+    batches = batches_of(dataset.items, config.batch_size)
+    done = store.done_batches("samples", {i: len(chunk) for i, chunk in batches})
+    todo = [(i, chunk) for i, chunk in batches if i not in done]
+    if not todo:
+        return store
+    tokens = AnswerTokens.of(model)
+    for index, chunk in tqdm(todo, desc=f"VRP {name}: per-sample", unit="batch"):
+        rows, arrays = measure_batch(model, dataset, chunk, config, tokens, index)
+        store.append("samples", index, rows, arrays)
+    return store

@@ -1,0 +1,129 @@
+"""Statistics over the per-sample table, on constructed tables with known answers; configs; doctests."""
+
+import dataclasses
+import doctest
+import importlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vlmlens.errors import DataError
+from vlmlens.vrp.analysis import (
+    consistency_summary,
+    correlations,
+    examples,
+    margin_summary,
+    masking_summary,
+    to_jsonable,
+)
+from vlmlens.vrp.config import (
+    AblationConfig,
+    ConsistencyConfig,
+    DestructionConfig,
+    MaskingConfig,
+    VRPConfig,
+)
+from vlmlens.vrp.headline import paired_diff_ci
+from vlmlens.vrp.pipeline import mask_column
+
+N = 40
+CONFIG = VRPConfig(n_resamples=50, consistency=ConsistencyConfig(k=4, ks=(2, 4)),
+                   masking=MaskingConfig(fraction=0.3, sensitivity=(0.2, 0.3)))
+
+
+def _frame() -> pd.DataFrame:
+    correct = np.array([1, 0] * (N // 2))
+    # Right answers were sampled unanimously, wrong ones split 2:2 (POPE parser normalises).
+    samples = [json.dumps(["Yes.", "yes", "Yes", "YES"] if c else ["No", "yes", "no.", "Yes"]) for c in correct]
+    frame = pd.DataFrame({"question_id": np.arange(N), "correct": correct, "first_correct": np.ones(N, dtype=int),
+                          "samples": samples, "confidence": np.where(correct == 1, -0.1, -0.2)})
+    for fraction in (0.2, 0.3):
+        frame[mask_column("top", fraction)] = (np.arange(N) >= 16).astype(int)  # 16 of 40 flip to wrong
+        frame[mask_column("bottom", fraction)] = 1
+        frame[mask_column("random", fraction)] = (np.arange(N) != 0).astype(int)
+    return frame
+
+
+def test_self_consistency_that_tracks_correctness_scores_auroc_one() -> None:
+    res = consistency_summary(_frame(), CONFIG)
+    assert res.k == 4 and res.auroc.auroc == 1.0 and res.rpb.r == pytest.approx(1.0)
+    assert res.mean_S_SC == pytest.approx(0.75)
+    assert [row["k"] for row in res.by_k] == [2, 4]
+    assert res.confidence_auroc.auroc == 1.0
+    assert res.holds is True
+    assert to_jsonable(res)["auroc"]["n"] == N
+
+
+def test_masking_drops_and_exact_mcnemar() -> None:
+    res = masking_summary(_frame(), CONFIG)
+    assert res.fraction == 0.3
+    assert (res.top.b, res.top.c, res.top.drop_pp) == (16, 0, 40.0)
+    assert res.top.p_value == pytest.approx(2 * 0.5**16)
+    assert res.bottom.drop_pp == 0.0 and res.random.drop_pp == pytest.approx(2.5)
+    assert res.holds is True and len(res.by_fraction) == 2
+
+
+def test_margin_summary_finds_the_planted_peak_layer() -> None:
+    real = [[0.0, 1.0, 3.0, 2.0], [0.0, 2.0, 4.0, 3.0]]
+    blank = [[0.0, 1.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0]]
+    frame = pd.DataFrame({
+        "truth_margin": [json.dumps(r) for r in real], "truth_margin_blank": [json.dumps(b) for b in blank],
+        "yes_no_margin": [json.dumps(r) for r in real], "yes_no_margin_blank": [json.dumps(b) for b in blank],
+    })
+    res = margin_summary(frame)
+    assert res.peak_visual_layer == 2
+    assert res.gain == pytest.approx((0.0, 0.5, 2.5, 1.5))
+
+
+def test_undefined_statistics_say_why_and_serialise() -> None:
+    frame = pd.DataFrame({"correct": [1, 1, 1, 1, 1], "C_k": [0, 1, 2, 0, 1]})
+    res = correlations(frame, ["C_k"], n_resamples=20)
+    assert res["C_k"].startswith("undefined: binary has a single class")
+    assert to_jsonable({"x": float("nan"), "y": (np.int64(2), np.float32(0.5))}) == {"x": None, "y": [2, 0.5]}
+
+
+def test_examples_alternate_right_and_wrong_answers() -> None:
+    frame = pd.DataFrame({"question_id": [1, 2, 3, 4], "image": "a.png", "object_name": "cat", "label": "yes",
+                          "answer": "yes", "correct": [1, 1, 1, 0], "H_s_norm": 0.5, "C_k": 1,
+                          "attention_map": json.dumps([[0.5, 0.5]])})
+    picked = examples(frame, 2)
+    assert [e["question_id"] for e in picked] == [1, 4]
+    assert picked[0]["map"] == [[0.5, 0.5]]
+
+
+def test_paired_difference_ci() -> None:
+    assert paired_diff_ci({"b": 0, "c": 0, "n": 10}) == (0.0, 0.0)
+    lo, hi = paired_diff_ci({"b": 16, "c": 0, "n": 40})
+    assert lo < 40.0 < hi
+
+
+def test_configs_validate_and_are_frozen() -> None:
+    with pytest.raises(DataError, match=r"sensitivity \(0.2, 0.4\) must include fraction=0.3"):
+        MaskingConfig(fraction=0.3, sensitivity=(0.2, 0.4))
+    with pytest.raises(DataError, match=r"ks \(5, 15\) must include k=10"):
+        ConsistencyConfig(ks=(5, 15))
+    with pytest.raises(DataError, match="temperature > 0"):
+        ConsistencyConfig(temperature=0)
+    with pytest.raises(DataError, match="'best_probe', 'peak_visual' or a layer index >= 0, got 'last'"):
+        AblationConfig(layer="last")  # type: ignore[arg-type]
+    with pytest.raises(DataError, match=r"fractions must lie in \(0, 1\], got \[1.5\]"):
+        DestructionConfig(fractions=(0.5, 1.5))
+    with pytest.raises(DataError, match="batch_size must be >= 1, got 0"):
+        VRPConfig(batch_size=0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        CONFIG.seed = 1  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        VRPConfig(8)  # type: ignore[misc]
+    assert DestructionConfig().counts(4096) == (5, 41, 205, 410, 1024, 2048, 3072)
+    assert ConsistencyConfig().k_max == 15
+    assert json.loads(json.dumps(VRPConfig().to_dict()))["ablation"]["k"] == 5
+
+
+@pytest.mark.parametrize("name", ["vlmlens.vrp.config", "vlmlens.vrp.store", "vlmlens.vrp.analysis",
+                                  "vlmlens.vrp.ablation", "vlmlens.vrp.headline", "vlmlens.vrp.pipeline",
+                                  "vlmlens.vrp.sampling", "vlmlens.viz.figures", "vlmlens.viz.report"])
+def test_docstring_examples(name: str) -> None:
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0

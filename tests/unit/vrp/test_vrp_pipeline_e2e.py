@@ -1,0 +1,112 @@
+"""``vlmlens.vrp.run`` end to end on a tiny random model: every measurement, summary, figures, report."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vlmlens import vrp
+from vlmlens.data import synth_pope
+from vlmlens.testing import tiny_vlm
+from vlmlens.vrp.pipeline import AnswerTokens
+
+CONFIG = vrp.VRPConfig(
+    batch_size=4, n_resamples=50,
+    consistency=vrp.ConsistencyConfig(k=3, ks=(2, 3), max_new_tokens=2),
+    masking=vrp.MaskingConfig(fraction=0.3, sensitivity=(0.2, 0.3)),
+    ablation=vrp.AblationConfig(k=2, ks=(1, 2), random_draws=1),
+    destruction=vrp.DestructionConfig(n_dims=2, fractions=(0.5,)),
+)
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is several times faster on shared cores
+    try:
+        model = tiny_vlm("qwen2_vl")
+        dataset = synth_pope("adversarial", 2, seed=0)
+        return model, dataset, vrp.run(model, dataset, CONFIG, out=tmp_path_factory.mktemp("vrp"), name="tiny")
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_every_measurement_is_reported(result) -> None:
+    _, dataset, res = result
+    r = res.results
+    assert r["n"] == len(dataset) == 12 and r["pope"]["n"] == 12
+    assert set(r["attention"]["rpb"]) == {"C_k", "H_s", "H_s_norm", "object_mass"}
+    assert len(r["attention"]["H_s_by_layer"]) == 2 and len(r["attention"]["dH_s_by_layer"]) == 1
+    assert len(r["margins"]["truth"]) == 2 and 0 <= r["margins"]["peak_visual_layer"] < 2
+    assert set(r["probes"]) == {"logistic", "mlp"}
+    assert [row["k"] for row in r["consistency"]["by_k"]] == [2, 3]
+    assert [row["fraction"] for row in r["masking"]["by_fraction"]] == [0.2, 0.3]
+    assert set(r["ablation"]) == {"layer", "mlp_out", "mlp_post"}
+    assert r["ablation"]["mlp_out"]["k"] == 2 and len(r["ablation"]["mlp_out"]["dims"]) == 2
+    assert r["destruction"]["counts"] == [2, 32]  # 2 dims, then 50% of d_model 64
+    assert len(r["examples"]) == CONFIG.n_examples
+    json.dumps(r, allow_nan=False)  # every number is plain JSON
+
+
+@pytest.mark.slow
+def test_logit_lens_at_the_last_layer_equals_the_model_logits(result) -> None:
+    model, dataset, res = result
+    items = dataset.items[:4]
+    batch = model.prepare([dataset.image(i) for i in items], [i.text for i in items], suffix=True)
+    logits = model.forward(batch)[torch.arange(4), torch.tensor(batch.layout.last_prompt)]
+    tokens = AnswerTokens.of(model)
+    expected = logits[:, list(tokens.yes)].max(-1).values - logits[:, list(tokens.no)].max(-1).values
+    stored = [json.loads(v)[-1] for v in res.samples["yes_no_margin"][:4]]
+    np.testing.assert_allclose(stored, expected.numpy(), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_summary_figures_report_and_table(result) -> None:
+    from vlmlens.viz.report import report_html
+
+    _, _, res = result
+    summary = res.summary()
+    assert summary.startswith("# VRP summary")
+    for row in ("R_pb(C_k, correct)", "attended patch masking", "self-consistency K=3", "MLP-output dims ablation",
+                "dims destroyed", "peak visual layer", "best probe layer", "Sensitivity"):
+        assert row in summary
+    figures = res.figures()
+    assert {"rpb", "probe_auroc", "margins", "masking", "ablation", "destruction", "attention_examples"} <= set(figures)
+    assert any(trace.type == "image" for trace in figures["attention_examples"].data)  # maps over the images
+    page = report_html({"models": {res.name: res.results}}, summary=summary)
+    assert page.count("<table>") == 2 and "<script src" not in page
+    frame = res.to_frame()
+    assert len(frame) == 12 and {"S_SC", "confidence", "ablate_mlp_out_top_k2", "destroy_ranked_n32"} <= set(frame)
+
+
+@pytest.mark.slow
+def test_planned_ablations_equal_a_hand_written_hook(result) -> None:
+    from vlmlens.ops import sweep
+    from vlmlens.vrp.ablation import _interventions
+
+    model, dataset, res = result
+    plan = json.loads((res.folder / "plan.json").read_text())
+    names, conditions = _interventions(plan, CONFIG)
+    items = dataset.items[:2]
+    batch = model.prepare([dataset.image(i) for i in items], [i.text for i in items], suffix=True)
+    chosen = [names.index("ablate_mlp_out_top_k2"), names.index("destroy_ranked_n32")]
+    swept = sweep(model, batch, [conditions[i] for i in chosen])
+    clean = model.forward(batch)
+    for logits, i in zip(swept, chosen):
+        condition = plan["conditions"][i]
+        dims = list(condition["dims"])
+
+        def zero(module, args, output, dims=dims):
+            output = output.clone()
+            output[..., dims] = 0.0
+            return output
+
+        handle = model.module(model.hook_path(condition["site"])).register_forward_hook(zero)
+        try:
+            expected = model.forward(batch)
+        finally:
+            handle.remove()
+        torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+        assert (logits - clean).abs().max() > 1e-4  # the ablation did change the model

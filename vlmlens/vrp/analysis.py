@@ -1,0 +1,312 @@
+"""Statistics over a VRP run's per-sample store: one frozen result per measurement.
+
+Each function reads the ``samples.csv`` frame (and feature shards) written by
+:mod:`vlmlens.vrp.pipeline` and returns a frozen dataclass; :func:`to_jsonable` turns any
+of them into the plain JSON that ``results.json`` holds. A statistic that is undefined on
+the data (e.g. R_pb when every answer is correct) is reported as a string saying why.
+
+Example:
+    >>> import pandas as pd
+    >>> frame = pd.DataFrame({"correct": [1, 0, 1, 0, 1, 0], "x": [3.0, 1, 2.5, 0.5, 2, 1]})
+    >>> round(correlations(frame, ["x"], n_resamples=50)["x"].r, 3)
+    0.928
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vlmlens.errors import DataError
+from vlmlens.vrp.config import VRPConfig
+from vlmlens.vrp.consistency import consistency_score
+from vlmlens.vrp.margins import margin_gain, peak_visual_layer
+from vlmlens.vrp.pipeline import MASKS, mask_column
+from vlmlens.vrp.probes import LayerProbeResults, probe_layers
+from vlmlens.vrp.stats import (
+    AUROC,
+    Correlation,
+    McNemar,
+    auroc_ci,
+    mcnemar_exact,
+    point_biserial,
+)
+from vlmlens.vrp.store import SampleStore
+
+__all__ = [
+    "AttentionSummary",
+    "ConsistencySummary",
+    "MarginSummary",
+    "MaskingSummary",
+    "ProbeSummary",
+    "attention_summary",
+    "consistency_summary",
+    "correlations",
+    "margin_summary",
+    "masking_summary",
+    "probe_summary",
+    "to_jsonable",
+]
+
+Undefined = str
+"""Why a statistic could not be computed on this data."""
+
+ALPHA = 0.05
+"""Significance level of the verdicts the sensitivity sweeps compare."""
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON types from results: dataclasses, tuples, numpy scalars and arrays, NaN -> None."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, (np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, (float, np.floating)):
+        return None if not np.isfinite(value) else float(value)
+    return value
+
+
+def _try(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except DataError as err:
+        return f"undefined: {err}"
+
+
+def correlations(frame: pd.DataFrame, columns: Sequence[str], *, n_resamples: int = 1000,
+                 seed: int = 0) -> dict[str, Correlation | Undefined]:
+    """R_pb of each column with ``correct`` (rows where the column is NaN are dropped)."""
+    out: dict[str, Correlation | Undefined] = {}
+    for column in columns:
+        values = frame[column].to_numpy(dtype=float)
+        keep = np.isfinite(values)
+        out[column] = _try(point_biserial, frame["correct"].to_numpy()[keep], values[keep],
+                           n_resamples=n_resamples, seed=seed)
+    return out
+
+
+def _layers(frame: pd.DataFrame, column: str) -> np.ndarray:
+    return np.array([json.loads(v) for v in frame[column]], dtype=np.float64)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttentionSummary:
+    """Attention sharpness against correctness.
+
+    Attributes:
+        rpb: R_pb with correctness of ``C_k``, ``H_s``, ``H_s_norm`` and ``object_mass``
+            (the last over questions whose object is in the image).
+        H_s_by_layer: Mean H_s (nats) of each layer's head-averaged map.
+        dH_s_by_layer: Mean first difference of H_s between consecutive layers.
+        object_mass_mean: Mean share of attention on the queried object's patches (or None).
+        C_k_mean: Mean cluster count.
+    """
+
+    rpb: dict[str, Correlation | Undefined]
+    H_s_by_layer: tuple[float, ...]
+    dH_s_by_layer: tuple[float, ...]
+    object_mass_mean: float | None
+    C_k_mean: float
+
+
+def attention_summary(frame: pd.DataFrame, config: VRPConfig) -> AttentionSummary:
+    """R_pb of the attention metrics with correctness, and the mean entropy per layer."""
+    h = _layers(frame, "H_s_layers")
+    mass = frame["object_mass"].to_numpy(dtype=float)
+    return AttentionSummary(
+        rpb=correlations(frame, ["C_k", "H_s", "H_s_norm", "object_mass"], n_resamples=config.n_resamples,
+                         seed=config.seed),
+        H_s_by_layer=tuple(h.mean(0)), dH_s_by_layer=tuple(np.diff(h, axis=1).mean(0)),
+        object_mass_mean=float(np.nanmean(mass)) if np.isfinite(mass).any() else None,
+        C_k_mean=float(frame["C_k"].mean()),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class MarginSummary:
+    """Logit-lens margins per layer (means over questions) and the peak visual layer.
+
+    Attributes:
+        truth: Truth margin with the real image; ``truth_blank`` with a blank grey image.
+        yes_no: Yes/no margin with the real image; ``yes_no_blank`` with the blank one.
+        gain: Mean truth-margin gain of the real over the blank image.
+        peak_visual_layer: argmax of ``gain``.
+    """
+
+    truth: tuple[float, ...]
+    truth_blank: tuple[float, ...]
+    yes_no: tuple[float, ...]
+    yes_no_blank: tuple[float, ...]
+    gain: tuple[float, ...]
+    peak_visual_layer: int
+
+
+def margin_summary(frame: pd.DataFrame) -> MarginSummary:
+    """Per-layer margin means and the peak visual layer (truth margin, real vs blank)."""
+    real, blank = _layers(frame, "truth_margin"), _layers(frame, "truth_margin_blank")
+    return MarginSummary(
+        truth=tuple(real.mean(0)), truth_blank=tuple(blank.mean(0)),
+        yes_no=tuple(_layers(frame, "yes_no_margin").mean(0)),
+        yes_no_blank=tuple(_layers(frame, "yes_no_margin_blank").mean(0)),
+        gain=tuple(margin_gain(real, blank)), peak_visual_layer=peak_visual_layer(real, blank),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeSummary:
+    """Hidden-state probes per layer and on the last-5 concatenation.
+
+    Attributes:
+        logistic: The logistic probes (or why they could not be trained).
+        mlp: The 2-layer MLP probes (or why not).
+    """
+
+    logistic: LayerProbeResults | Undefined
+    mlp: LayerProbeResults | Undefined
+
+    def best_layer(self) -> int | None:
+        """Best logistic probe layer, or None when the probes are undefined."""
+        return None if isinstance(self.logistic, str) else self.logistic.best_layer
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: best layer, per-layer rows and the concat row of each probe."""
+        out: dict[str, Any] = {}
+        for name in ("logistic", "mlp"):
+            res = getattr(self, name)
+            if isinstance(res, str):
+                out[name] = res
+                continue
+            frame = res.to_frame()
+            rows = json.loads(frame[frame["features"] == "layer"].drop(columns=["features"]).to_json(orient="records"))
+            concat = {k: to_jsonable(v) for k, v in res.concat.to_row().items()}
+            out[name] = {"best_layer": res.best_layer, "by_layer": rows,
+                         "concat": {**concat, "layers": list(res.concat_layers)}, "n": res.n}
+        return out
+
+
+def probe_summary(store: SampleStore, frame: pd.DataFrame, config: VRPConfig) -> ProbeSummary:
+    """Logistic and MLP probes of correctness on the residual stream of every layer."""
+    features = np.moveaxis(store.features("resid", frame["question_id"].tolist()), 1, 0)  # layer batch d
+    labels = frame["correct"].to_numpy().astype(bool)
+    return ProbeSummary(logistic=_try(probe_layers, features, labels, config.probe),
+                        mlp=_try(probe_layers, features, labels, config.mlp_probe))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConsistencySummary:
+    """Self-consistency S_SC and token confidence against correctness.
+
+    Attributes:
+        k: The reported K.
+        rpb: R_pb(S_SC at K, correct); ``auroc``: AUROC of S_SC for correctness.
+        by_k: Per K swept: ``{"k", "rpb", "auroc"}``.
+        confidence_rpb: R_pb(token confidence, correct); ``confidence_auroc`` its AUROC.
+        mean_S_SC: Mean S_SC at K.
+        holds: Whether the verdict at every K matches K's: a positive, a negative or no
+            significant R_pb (Fisher CI excluding 0).
+    """
+
+    k: int
+    rpb: Correlation | Undefined
+    auroc: AUROC | Undefined
+    by_k: tuple[dict[str, Any], ...]
+    confidence_rpb: Correlation | Undefined
+    confidence_auroc: AUROC | Undefined
+    mean_S_SC: float
+    holds: bool | None
+
+
+def _verdict(c: Correlation | Undefined) -> int | None:
+    """+1 / -1 for a significant positive / negative correlation, 0 for none, None if undefined."""
+    if isinstance(c, str):
+        return None
+    return 0 if c.fisher_ci[0] <= 0 <= c.fisher_ci[1] else int(np.sign(c.r))
+
+
+def consistency_summary(frame: pd.DataFrame, config: VRPConfig) -> ConsistencySummary:
+    """S_SC at every K swept (first K of the stored samples), with R_pb and AUROC."""
+    samples = [json.loads(s) for s in frame["samples"]]
+    correct = frame["correct"].to_numpy()
+    kw = {"n_resamples": config.n_resamples, "seed": config.seed}
+    by_k = []
+    for k in sorted(config.consistency.ks):
+        share = np.array([consistency_score(s[:k], yes_no=True)[1] for s in samples])
+        by_k.append({"k": k, "rpb": _try(point_biserial, correct, share, **kw),
+                     "auroc": _try(auroc_ci, correct, share, **kw), "mean_S_SC": float(share.mean())})
+    main = next(r for r in by_k if r["k"] == config.consistency.k)  # ConsistencyConfig puts k in ks
+    claim = _verdict(main["rpb"])
+    conf = frame["confidence"].to_numpy(dtype=float)
+    return ConsistencySummary(
+        k=config.consistency.k, rpb=main["rpb"], auroc=main["auroc"], by_k=tuple(by_k),
+        confidence_rpb=_try(point_biserial, correct, conf, **kw), confidence_auroc=_try(auroc_ci, correct, conf, **kw),
+        mean_S_SC=main["mean_S_SC"],
+        holds=None if claim is None else all(_verdict(r["rpb"]) == claim for r in by_k),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaskingSummary:
+    """Patch-masking accuracy drops (first-token answers) with exact McNemar tests.
+
+    Attributes:
+        fraction: The reported share.
+        top: Masking the most-attended patches; ``bottom`` the least; ``random`` random ones.
+        by_fraction: Per share swept: ``{"fraction", "top", "bottom", "random"}`` McNemar tests.
+        holds: Whether the verdict "masking the top patches significantly hurts (McNemar
+            p < 0.05), more than random masking" at every share matches the reported share's.
+    """
+
+    fraction: float
+    top: McNemar
+    bottom: McNemar
+    random: McNemar
+    by_fraction: tuple[dict[str, Any], ...]
+    holds: bool
+
+
+def masking_summary(frame: pd.DataFrame, config: VRPConfig) -> MaskingSummary:
+    """McNemar tests of clean vs masked first-token correctness, for every share swept."""
+    first = frame["first_correct"].to_numpy()
+    by_fraction = []
+    for fraction in config.masking.fractions:
+        row: dict[str, Any] = {"fraction": fraction}
+        for kind in MASKS:
+            row[kind] = mcnemar_exact(first, frame[mask_column(kind, fraction)].to_numpy())
+        by_fraction.append(row)
+    main = next(r for r in by_fraction if r["fraction"] == config.masking.fraction)
+
+    def claim(row: dict[str, Any]) -> bool:
+        return row["top"].p_value < ALPHA and row["top"].drop_pp > row["random"].drop_pp
+
+    return MaskingSummary(fraction=config.masking.fraction, top=main["top"], bottom=main["bottom"],
+                          random=main["random"], by_fraction=tuple(by_fraction),
+                          holds=all(claim(r) == claim(main) for r in by_fraction))
+
+
+def examples(frame: pd.DataFrame, n: int) -> list[dict[str, Any]]:
+    """Up to ``n`` attention maps for the report: alternately correct and wrong answers where possible."""
+    picked: list[int] = []
+    pools = [list(frame.index[frame["correct"] == 1]), list(frame.index[frame["correct"] == 0])]
+    while len(picked) < n and any(pools):
+        for pool in pools:
+            if pool and len(picked) < n:
+                picked.append(pool.pop(0))
+    return [{
+        "question_id": int(frame.at[i, "question_id"]), "image": str(frame.at[i, "image"]),
+        "object_name": str(frame.at[i, "object_name"]), "label": str(frame.at[i, "label"]),
+        "answer": str(frame.at[i, "answer"]), "correct": int(frame.at[i, "correct"]),
+        "H_s_norm": float(frame.at[i, "H_s_norm"]), "C_k": int(frame.at[i, "C_k"]),
+        "map": json.loads(frame.at[i, "attention_map"]),
+    } for i in sorted(picked)]

@@ -1,0 +1,232 @@
+"""Settings of a VRP run: one frozen dataclass per measurement, gathered in :class:`VRPConfig`.
+
+Defaults follow the paper (VRP.md); the fields marked **choice** fill its gaps.
+
+Example:
+    >>> config = VRPConfig(consistency=ConsistencyConfig(k=5, ks=(5,)))
+    >>> config.consistency.k_max, config.masking.fraction
+    (5, 0.3)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from vlmlens.errors import DataError
+from vlmlens.vrp.probes import ProbeConfig
+
+__all__ = [
+    "AblationConfig",
+    "ConsistencyConfig",
+    "DestructionConfig",
+    "MaskingConfig",
+    "VRPConfig",
+]
+
+LayerChoice = Literal["best_probe", "peak_visual"] | int
+"""Which text layer an intervention targets: the best residual-probe layer, the peak
+visual layer, or a fixed 0-based index."""
+
+
+def _check_fraction_list(name: str, values: tuple[float, ...], *, closed: bool = False) -> None:
+    if not values:
+        raise DataError(f"{name} is empty; give at least one value.")
+    upper_ok = (lambda v: v <= 1) if closed else (lambda v: v < 1)
+    bad = [v for v in values if not (0 < v and upper_ok(v))]
+    if bad:
+        raise DataError(f"{name} must lie in (0, 1{']' if closed else ')'}, got {bad}.")
+
+
+def _check_layer(name: str, layer: LayerChoice) -> None:
+    if isinstance(layer, bool) or not (layer in ("best_probe", "peak_visual") or
+                                       (isinstance(layer, int) and layer >= 0)):
+        raise DataError(f"{name} must be 'best_probe', 'peak_visual' or a layer index >= 0, got {layer!r}.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaskingConfig:
+    """Causal patch masking: grey out the top / bottom / random share of patches.
+
+    Attributes:
+        fraction: The reported share of patches (paper: 30%).
+        sensitivity: Shares swept to check the conclusion (must include ``fraction``).
+    """
+
+    fraction: float = 0.3
+    sensitivity: tuple[float, ...] = (0.2, 0.3, 0.4)
+
+    def __post_init__(self) -> None:
+        _check_fraction_list("MaskingConfig.sensitivity", self.sensitivity)
+        _check_fraction_list("MaskingConfig.fraction", (self.fraction,))
+        if self.fraction not in self.sensitivity:
+            raise DataError(f"MaskingConfig.sensitivity {self.sensitivity} must include fraction={self.fraction}.")
+
+    @property
+    def fractions(self) -> tuple[float, ...]:
+        """Every share measured, sorted."""
+        return tuple(sorted(set(self.sensitivity)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConsistencyConfig:
+    """Self-consistency: K sampled answers per question from one shared prefill.
+
+    Attributes:
+        k: The reported K (paper: 10).
+        ks: K values swept (each uses the first K of ``k_max`` samples); must include ``k``.
+        temperature: Sampling temperature.
+        top_p: Nucleus mass.
+        max_new_tokens: Tokens decoded per answer (greedy and sampled).
+    """
+
+    k: int = 10
+    ks: tuple[int, ...] = (5, 7, 10, 12, 15)
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 3
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or any(v < 1 for v in self.ks):
+            raise DataError(f"ConsistencyConfig needs k and ks >= 1, got k={self.k}, ks={self.ks}.")
+        if self.k not in self.ks:
+            raise DataError(f"ConsistencyConfig.ks {self.ks} must include k={self.k}.")
+        if not self.temperature > 0 or not 0 < self.top_p <= 1:
+            raise DataError(f"ConsistencyConfig needs temperature > 0 and top_p in (0, 1], got "
+                            f"temperature={self.temperature}, top_p={self.top_p}.")
+        if self.max_new_tokens < 1:
+            raise DataError(f"ConsistencyConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}.")
+
+    @property
+    def k_max(self) -> int:
+        """Samples drawn per question (the largest K swept)."""
+        return max(self.ks)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AblationConfig:
+    """Reliability-neuron ablation: zero the top-k probe-ranked dimensions vs k random ones.
+
+    Attributes:
+        k: The reported k (paper: 5).
+        ks: k values swept on the MLP output (the true MLP neurons are ablated at ``k``
+            only, to bound the run time); must include ``k``.
+        random_draws: Random control sets per k (their drops are averaged).
+        layer: Target layer (**choice**: the best residual-probe layer).
+        C: Inverse L1 strength of the ranking probe.
+    """
+
+    k: int = 5
+    ks: tuple[int, ...] = (3, 4, 5, 6, 7)
+    random_draws: int = 2
+    layer: LayerChoice = "best_probe"
+    C: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or any(v < 1 for v in self.ks) or self.k not in self.ks:
+            raise DataError(f"AblationConfig needs k >= 1 and ks >= 1 including k, got k={self.k}, ks={self.ks}.")
+        if self.random_draws < 1:
+            raise DataError(f"AblationConfig.random_draws must be >= 1, got {self.random_draws}.")
+        if not self.C > 0:
+            raise DataError(f"AblationConfig.C must be > 0, got {self.C}.")
+        _check_layer("AblationConfig.layer", self.layer)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DestructionConfig:
+    """Dimension destruction: ablate a growing share of one layer's dimensions.
+
+    Attributes:
+        n_dims: The smallest point of the curve, a count of dimensions (paper: 5).
+        fractions: Shares of the width destroyed (paper: 1, 5, 10, 25, 50, 75%).
+        site: ``"resid_post"`` (ranked by the hidden-state probe's features; **choice**)
+            or ``"mlp_out"``.
+        mode: ``"zero"`` or ``"mean"`` (the dataset mean at the last position).
+        layer: Target layer (**choice**: the best probe layer).
+        random_draws: Random control sets per point of the curve.
+        C: Inverse L1 strength of the ranking probe.
+    """
+
+    n_dims: int = 5
+    fractions: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75)
+    site: Literal["resid_post", "mlp_out"] = "resid_post"
+    mode: Literal["zero", "mean"] = "zero"
+    layer: LayerChoice = "best_probe"
+    random_draws: int = 1
+    C: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.n_dims < 1:
+            raise DataError(f"DestructionConfig.n_dims must be >= 1, got {self.n_dims}.")
+        _check_fraction_list("DestructionConfig.fractions", self.fractions, closed=True)
+        if self.site not in ("resid_post", "mlp_out"):
+            raise DataError(f"DestructionConfig.site must be 'resid_post' or 'mlp_out', got {self.site!r}.")
+        if self.mode not in ("zero", "mean"):
+            raise DataError(f"DestructionConfig.mode must be 'zero' or 'mean', got {self.mode!r}.")
+        if self.random_draws < 1 or not self.C > 0:
+            raise DataError(f"DestructionConfig needs random_draws >= 1 and C > 0, got "
+                            f"random_draws={self.random_draws}, C={self.C}.")
+        _check_layer("DestructionConfig.layer", self.layer)
+
+    def counts(self, width: int) -> tuple[int, ...]:
+        """Dimensions destroyed at each point of the curve for a ``width``-wide site, sorted.
+
+        Example:
+            >>> DestructionConfig().counts(128)
+            (1, 5, 6, 13, 32, 64, 96)
+        """
+        raw = [min(self.n_dims, width)] + [max(1, min(width, round(f * width))) for f in self.fractions]
+        return tuple(sorted(set(raw)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class VRPConfig:
+    """Parameters of a VRP run (VRP.md marks the choices).
+
+    Attributes:
+        batch_size: Questions per forward. Batches are fixed by dataset order, so a resumed
+            run sees the same batches as an uninterrupted one.
+        attention_layers: ``"second_half"`` or ``"all"`` text layers for the map M (**choice**).
+        seed: Seeds masks, sampling, probes, random controls and bootstraps.
+        n_resamples: Bootstrap resamples of every CI.
+        n_examples: Attention maps kept for the report.
+        interventions: Run the neuron-ablation and destruction phase (needs both outcomes
+            among the greedy answers).
+        masking: Patch masking settings.
+        consistency: Self-consistency settings.
+        ablation: Neuron ablation settings.
+        destruction: Dimension destruction settings.
+        probe: The logistic hidden-state probe.
+        mlp_probe: The 2-layer MLP probe (workshop paper).
+    """
+
+    batch_size: int = 8
+    attention_layers: Literal["second_half", "all"] = "second_half"
+    seed: int = 0
+    n_resamples: int = 1000
+    n_examples: int = 4
+    interventions: bool = True
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
+    destruction: DestructionConfig = field(default_factory=DestructionConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    mlp_probe: ProbeConfig = field(default_factory=lambda: ProbeConfig(kind="mlp"))
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise DataError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.attention_layers not in ("second_half", "all"):
+            raise DataError(f"attention_layers must be 'second_half' or 'all', got {self.attention_layers!r}")
+        if self.seed < 0 or self.n_resamples < 1 or self.n_examples < 0:
+            raise DataError(f"VRPConfig needs seed >= 0, n_resamples >= 1 and n_examples >= 0, got seed={self.seed}, "
+                            f"n_resamples={self.n_resamples}, n_examples={self.n_examples}.")
+        if self.probe.kind != "logistic" or self.mlp_probe.kind != "mlp":
+            raise DataError(f"VRPConfig.probe must be a logistic ProbeConfig and mlp_probe an MLP one, got "
+                            f"{self.probe.kind!r} and {self.mlp_probe.kind!r}.")
+
+    def to_dict(self) -> dict:
+        """JSON-ready nested dict of every setting."""
+        from dataclasses import asdict
+
+        return asdict(self)

@@ -1,0 +1,203 @@
+"""``summary.md``: the paper's headline table with our value, CI and n beside the paper's.
+
+Example:
+    >>> paired_diff_ci({"b": 3, "c": 1, "n": 20})
+    (-9.1, 29.1)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+__all__ = ["PAPER", "paired_diff_ci", "summary_markdown"]
+
+FAMILY_NAMES = {"llava": "LLaVA", "paligemma": "PaliGemma", "qwen2_vl": "Qwen2-VL"}
+
+# The paper's headline values (VRP.md); per family where the paper gives one.
+PAPER: dict[str, Any] = {
+    "rpb_C_k": "0.001 [-0.034, 0.036], n=3090 (pooled)",
+    "rpb_H_s": "-0.012 [-0.047, 0.024], n=3090 (pooled)",
+    "mask_top": {"llava": "8.2 pp (p<0.001)", "paligemma": "11.3 pp (p<0.001)", None: "8.2-11.3 pp (p<0.001)"},
+    "probe": {"llava": "0.956", "paligemma": "0.944", "qwen2_vl": "0.971", None: ">0.95 for two of three"},
+    "sc_rpb": "0.43",
+    "sc_auroc": {"llava": "0.78", "paligemma": "0.81", "qwen2_vl": "0.79", None: "0.78-0.81"},
+    "neuron": "8.3 pp drop (reported as -8.3 pp; LLaVA)",
+    "destruction": {"paligemma": "<= 1 pp (early fusion)", "qwen2_vl": "<= 1 pp (early fusion)",
+                    None: "<= 1 pp for early fusion; collapse for late"},
+    "peak_visual_layer": {"llava": "L31 of 32", "paligemma": "L14 of 18", "qwen2_vl": "L27 of 28", None: "-"},
+    "best_probe_layer": {"llava": "L21 of 32", "paligemma": "L10 of 18", "qwen2_vl": "L18 of 28", None: "-"},
+}
+
+
+def _paper(key: str, family: str | None) -> str:
+    value = PAPER[key]
+    if isinstance(value, dict):
+        return value.get(family, value[None])
+    return value
+
+
+def paired_diff_ci(test: dict[str, Any], z: float = 1.96) -> tuple[float, float]:
+    """Wald 95% CI (in pp) of the accuracy drop of a paired McNemar table (b, c, n)."""
+    b, c, n = test["b"], test["c"], test["n"]
+    diff = (b - c) / n
+    se = math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n
+    return round(100 * (diff - z * se), 1), round(100 * (diff + z * se), 1)
+
+
+def _num(x: Any, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _ci(lo: Any, hi: Any, digits: int = 3) -> str:
+    return f"[{_num(lo, digits)}, {_num(hi, digits)}]"
+
+
+def _corr(c: Any) -> tuple[str, str, str]:
+    if isinstance(c, str) or c is None:
+        return (str(c or "-").replace("|", "/"), "-", "-")
+    return _num(c["r"]), _ci(*c["fisher_ci"]), str(c["n"])
+
+
+def _auroc(a: Any) -> tuple[str, str, str]:
+    if isinstance(a, str) or a is None:
+        return (str(a or "-").replace("|", "/"), "-", "-")
+    return _num(a["auroc"]), _ci(*a["ci"]), str(a["n"])
+
+
+def _drop(test: dict[str, Any], extra: str = "") -> tuple[str, str, str]:
+    lo, hi = paired_diff_ci(test)
+    return f"{test['drop_pp']:.1f} pp (McNemar p={test['p_value']:.3g}){extra}", f"[{lo}, {hi}]", str(test["n"])
+
+
+def _layer(layer: int | None, n_layers: int) -> str:
+    if layer is None:
+        return "undefined"
+    depth = layer / max(n_layers - 1, 1)
+    return f"L{layer} of {n_layers} (depth {depth:.2f})"
+
+
+def _rows(name: str, r: dict[str, Any]) -> list[tuple[str, ...]]:
+    fam = r.get("family")
+    rows = [("POPE accuracy (yes-ratio)", name, f"{r['pope']['accuracy']:.3f} ({r['pope']['yes_ratio']:.3f})", "-",
+             str(r["n"]), "-")]
+    rows.append(("R_pb(C_k, correct)", name, *_corr(r["attention"]["rpb"]["C_k"]), _paper("rpb_C_k", fam)))
+    rows.append(("R_pb(H_s, correct)", name, *_corr(r["attention"]["rpb"]["H_s"]), _paper("rpb_H_s", fam)))
+    m = r["masking"]
+    pct = round(100 * m["fraction"])
+    extra = f"; bottom {m['bottom']['drop_pp']:.1f}, random {m['random']['drop_pp']:.1f}"
+    rows.append((f"top-{pct}% attended patch masking, accuracy drop", name, *_drop(m["top"], extra),
+                 _paper("mask_top", fam)))
+    for kind, label in (("logistic", "linear"), ("mlp", "MLP")):
+        p = r["probes"][kind]
+        if isinstance(p, str):
+            rows.append((f"hidden-state {label} probe AUROC", name, p, "-", "-", _paper("probe", fam)))
+            continue
+        best = p["by_layer"][p["best_layer"]]
+        ours = f"{best['auroc']:.3f} at L{p['best_layer']} (shuffled {best['shuffled_auroc']:.3f})"
+        rows.append((f"hidden-state {label} probe AUROC, best layer", name, ours,
+                     _ci(best["auroc_lo"], best["auroc_hi"]), str(best["n_test"]),
+                     _paper("probe", fam) if kind == "logistic" else "-"))
+        c = p["concat"]
+        rows.append((f"{label} probe AUROC, last-{len(c['layers'])} concat", name, _num(c["auroc"]),
+                     _ci(c["auroc_lo"], c["auroc_hi"]), str(c["n_test"]), "-"))
+    sc = r["consistency"]
+    rows.append((f"self-consistency K={sc['k']}, R_pb with correctness", name, *_corr(sc["rpb"]), _paper("sc_rpb", fam)))
+    rows.append((f"self-consistency K={sc['k']}, AUROC", name, *_auroc(sc["auroc"]), _paper("sc_auroc", fam)))
+    rows.append(("token confidence, R_pb with correctness", name, *_corr(sc["confidence_rpb"]), "-"))
+    rows += _intervention_rows(name, r)
+    peak = r["margins"]["peak_visual_layer"]
+    rows.append(("peak visual layer (margin gain vs blank)", name, _layer(peak, r["n_layers"]), "-", str(r["n"]),
+                 _paper("peak_visual_layer", fam)))
+    best = None if isinstance(r["probes"]["logistic"], str) else r["probes"]["logistic"]["best_layer"]
+    rows.append(("best probe layer", name, _layer(best, r["n_layers"]), "-", str(r["n"]),
+                 _paper("best_probe_layer", fam)))
+    return rows
+
+
+def _intervention_rows(name: str, r: dict[str, Any]) -> list[tuple[str, ...]]:
+    fam = r.get("family")
+    ab, de = r["ablation"], r["destruction"]
+    if isinstance(ab, str):
+        return [("probe-neuron ablation / dimension destruction", name, ab, "-", "-", _paper("neuron", fam))]
+    rows = []
+    for point, label in (("mlp_out", "MLP-output dims"), ("mlp_post", "MLP neurons")):
+        a = ab[point]
+        extra = f" vs random {a['random_drop_pp']:.1f}; excess {a['excess_drop_pp']:.1f}"
+        rows.append((f"top-{a['k']} probe-ranked {label} ablation (L{ab['layer']}), accuracy drop", name,
+                     *_drop(a["top"], extra), _paper("neuron", fam) if point == "mlp_out" else "-"))
+    ranked, random = de["drop_at_half_pp"]["ranked"], de["drop_at_half_pp"]["random"]
+    rows.append((f"~50% of L{de['layer']} dims destroyed ({de['mode']}), accuracy drop", name,
+                 f"{ranked:.1f} pp ranked, {random:.1f} pp random", "-", str(r["n"]), _paper("destruction", fam)))
+    return rows
+
+
+def _sensitivity_rows(name: str, r: dict[str, Any]) -> list[tuple[str, ...]]:
+    def fmt(values: list[str]) -> str:
+        return "; ".join(values)
+
+    m = r["masking"]
+    rows = [("mask share", name, fmt([f"{round(100 * row['fraction'])}%: top {row['top']['drop_pp']:.1f} / "
+                                      f"random {row['random']['drop_pp']:.1f} pp" for row in m["by_fraction"]]),
+             "top hurts (p<0.05), more than random" + _holds(m["holds"]))]
+    sc = r["consistency"]
+    rows.append(("self-consistency K", name, fmt([f"K={row['k']}: R_pb {_corr(row['rpb'])[0]}"
+                                                 for row in sc["by_k"]]),
+                 "significant R_pb and its sign" + _holds(sc["holds"])))
+    if not isinstance(r["ablation"], str):
+        for point in ("mlp_out", "mlp_post"):
+            a = r["ablation"][point]
+            if len(a["by_k"]) < 2:
+                continue
+            rows.append((f"ablated k ({point})", name,
+                         fmt([f"k={row['k']}: {row['top_drop_pp']:.1f} vs {row['random_drop_pp']:.1f} pp"
+                              for row in a["by_k"]]), "top-k hurts (p<0.05), more than random" + _holds(a["holds"])))
+    return rows
+
+
+def _holds(holds: bool | None) -> str:
+    return {True: ": holds", False: ": does NOT hold", None: ": undefined"}[holds]
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def summary_markdown(results: dict[str, Any], pooled: dict[str, Any] | None = None) -> str:
+    """The headline table and the sensitivity table as markdown.
+
+    Args:
+        results: ``{"config": ..., "models": {name: per-model results}}`` (``results.json``).
+        pooled: Optional pooled R_pb rows ``{"C_k": corr, "H_s": corr}`` over all models.
+    """
+    models = results["models"]
+    rows: list[tuple[str, ...]] = []
+    for name, r in models.items():
+        rows += _rows(name, r)
+    if pooled:
+        for key in ("C_k", "H_s"):
+            rows.append((f"R_pb({key}, correct)", "pooled", *_corr(pooled.get(key)), _paper(f"rpb_{key}", None)))
+    rows.sort(key=_order)  # stable: models stay in order within a measurement
+    sens = [row for name, r in models.items() for row in _sensitivity_rows(name, r)]
+    config = json.dumps(results.get("config", {}), sort_keys=True, default=str)
+    lines = ["# VRP summary", "", _INTRO, "",
+             *_table(("measurement", "model", "ours", "95% CI", "n", "paper"), rows), "",
+             "## Sensitivity: do the conclusions hold?", "",
+             *_table(("sweep", "model", "values", "conclusion"), sens), "",
+             "<details><summary>config</summary>", "", f"`{config}`", "", "</details>"]
+    return "\n".join(lines) + "\n"
+
+
+_INTRO = ("Our value, its 95% CI and n beside the paper's (VRP.md, Headline numbers). Probe AUROC n is the "
+          "held-out split; drops are first-token accuracy, clean minus intervened.")
+
+_ORDER = ("POPE", "R_pb(C_k", "R_pb(H_s", "attended patch masking", "linear probe", "MLP probe", "self-consistency",
+          "token confidence", "MLP-output dims ablation", "MLP neurons ablation", "probe-neuron ablation",
+          "dims destroyed", "peak visual", "best probe")
+
+
+def _order(row: tuple[str, ...]) -> int:
+    """Rows in the paper's order: the index of the first key the measurement contains."""
+    return next((i for i, key in enumerate(_ORDER) if key in row[0]), len(_ORDER))

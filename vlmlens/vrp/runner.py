@@ -1,0 +1,182 @@
+"""``vlmlens.vrp.run``: every VRP measurement over (model, dataset), for notebooks and the CLI.
+
+Example:
+    >>> import vlmlens.vrp as vrp
+    >>> from vlmlens.testing import tiny_vlm
+    >>> from vlmlens.data import synth_pope
+    >>> config = vrp.VRPConfig(n_resamples=50, consistency=vrp.ConsistencyConfig(k=2, ks=(2,)))
+    >>> result = vrp.run(tiny_vlm("llava"), synth_pope("adversarial", 1), config)  # doctest: +SKIP
+    >>> result.summary().startswith("# VRP summary")  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from vlmlens.data import pope_metrics
+from vlmlens.errors import DataError
+from vlmlens.vrp.ablation import (
+    ablation_result,
+    destruction_result,
+    make_plan,
+    run_interventions,
+)
+from vlmlens.vrp.analysis import (
+    attention_summary,
+    consistency_summary,
+    examples,
+    margin_summary,
+    masking_summary,
+    probe_summary,
+    to_jsonable,
+)
+from vlmlens.vrp.config import VRPConfig
+from vlmlens.vrp.pipeline import run_samples
+from vlmlens.vrp.store import SampleStore
+
+__all__ = ["VRPResult", "run"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class VRPResult:
+    """The VRP measurements of one model on one dataset.
+
+    Attributes:
+        name: The model's name in tables and figures.
+        results: Every number, JSON-ready (the per-model entry of ``results.json``).
+        samples: The per-sample table (one row per question).
+        config: The settings used.
+        folder: The per-sample store, or ``None`` when it was a temporary folder.
+        dataset: The dataset (its images are drawn under the example attention maps).
+    """
+
+    name: str
+    results: dict[str, Any] = field(repr=False)
+    samples: pd.DataFrame = field(repr=False)
+    config: VRPConfig = field(repr=False)
+    folder: Path | None = None
+    dataset: Any = field(default=None, repr=False)
+
+    def summary(self) -> str:
+        """The headline table (markdown) in the shape of the paper's, ours beside the paper's."""
+        from vlmlens.vrp.headline import summary_markdown
+
+        return summary_markdown({"config": self.config.to_dict(), "models": {self.name: self.results}})
+
+    def figures(self) -> dict[str, Any]:
+        """The report's plotly figures, by name."""
+        from vlmlens.viz.figures import vrp_figures
+
+        return vrp_figures({"models": {self.name: self.results}},
+                           datasets={self.name: self.dataset} if self.dataset is not None else None)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The per-sample table (a copy)."""
+        return self.samples.copy()
+
+
+def _measure(model: Any, dataset: Any, config: VRPConfig, store: SampleStore, *, name: str,
+             resume: bool) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Run (or resume) both phases into ``store``: the JSON-ready results and the per-sample table.
+
+    Raises:
+        DataError: if the store exists and ``resume`` is false, or the store's plan was made
+            with other settings.
+    """
+    run_samples(model, dataset, config, store, resume=resume, name=name)
+    qids = [item.question_id for item in dataset.items]
+    frame = store.read("samples", qids)
+    metrics = pope_metrics(frame["answer"].tolist(), frame["label"].tolist())
+    probes = probe_summary(store, frame, config)
+    margins = margin_summary(frame)
+    out: dict[str, Any] = {
+        "family": model.family, "n_layers": model.n_layers, "d_model": model.d_model, "n": len(frame),
+        "pope": metrics.to_dict(), "first_token_accuracy": float(frame["first_correct"].mean()),
+        "attention": to_jsonable(attention_summary(frame, config)),
+        "margins": to_jsonable(margins), "probes": probes.to_dict(),
+        "consistency": to_jsonable(consistency_summary(frame, config)),
+        "masking": to_jsonable(masking_summary(frame, config)),
+    }
+    phase2, table = _interventions(model, dataset, config, store, frame, name=name,
+                                   best_probe=probes.best_layer(), peak_visual=margins.peak_visual_layer)
+    out.update(phase2)
+    out["examples"] = examples(frame, config.n_examples)
+    if table is not None:
+        frame = frame.merge(table.drop(columns=["batch"]), on="question_id")
+    return out, frame
+
+
+def _interventions(model: Any, dataset: Any, config: VRPConfig, store: SampleStore, frame: pd.DataFrame, *,
+                   name: str, best_probe: int | None,
+                   peak_visual: int) -> tuple[dict[str, Any], pd.DataFrame | None]:
+    if not config.interventions:
+        skipped = "skipped: VRPConfig.interventions is False"
+        return {"ablation": skipped, "destruction": skipped}, None
+    correct = frame["correct"].to_numpy()
+    if best_probe is None or correct.min() == correct.max():
+        why = (f"undefined: needs both correct and wrong greedy answers with enough of each for the probes "
+               f"(got {int(correct.sum())} correct of {len(correct)})")
+        return {"ablation": why, "destruction": why}, None
+    plan = make_plan(store, frame, config, best_probe=best_probe, peak_visual=peak_visual, n_layers=model.n_layers)
+    stored = store.read_json("plan")
+    if stored is not None and stored != to_jsonable(plan) and store.exists("interventions"):
+        raise DataError(f"{store.folder / 'plan.json'} was made with other settings or data than this run; "
+                        "use another --out, or delete the folder to start over.")
+    store.write_json("plan", to_jsonable(plan))
+    run_interventions(model, dataset, config, store, plan, name=name)
+    table = store.read("interventions", frame["question_id"].tolist())
+    first = frame["first_correct"].to_numpy()
+    destruction = destruction_result(first, table, plan, mode=config.destruction.mode)
+    ranked, random = destruction.drop_at(0.5)
+    return {
+        "ablation": {
+            "layer": plan["ablation_layer"],
+            **{point: to_jsonable(ablation_result(first, table, plan, f"ablate_{point}", config.ablation))
+               for point in ("mlp_out", "mlp_post")},
+        },
+        "destruction": {"layer": plan["destruction_layer"], **to_jsonable(destruction),
+                        "fractions": list(destruction.fractions), "drop_at_half_pp": {"ranked": ranked,
+                                                                                       "random": random}},
+    }, table
+
+
+def run(model: Any, dataset: Any, config: VRPConfig | None = None, *, out: Path | str | None = None,
+        name: str | None = None, resume: bool = False) -> VRPResult:
+    """Every VRP measurement of ``model`` on ``dataset``.
+
+    Args:
+        model: A HookedVLM.
+        dataset: A :class:`vlmlens.data.PopeDataset` (e.g. ``synth_pope("adversarial", 100)``).
+        config: Settings (default ``VRPConfig()``).
+        out: Folder for the per-sample store; ``None`` uses a temporary folder, deleted after.
+        name: The model's name in tables (default: its family).
+        resume: Continue the store in ``out``.
+
+    Returns:
+        A :class:`VRPResult`.
+
+    Raises:
+        DataError: on an empty dataset, or an existing store without ``resume``.
+    """
+    config = VRPConfig() if config is None else config
+    name = name or model.family
+    if out is None:
+        with tempfile.TemporaryDirectory(prefix="vrp-") as tmp:
+            return _run(model, dataset, config, SampleStore(Path(tmp)), name, resume, keep=False)
+    return _run(model, dataset, config, SampleStore(Path(out)), name, resume, keep=True)
+
+
+def _run(model: Any, dataset: Any, config: VRPConfig, store: SampleStore, name: str, resume: bool,
+         keep: bool) -> VRPResult:
+    results, samples = _measure(model, dataset, config, store, name=name, resume=resume)
+    return VRPResult(name=name, results=results, samples=samples, config=config,
+                     folder=store.folder if keep else None, dataset=dataset)
