@@ -8,18 +8,18 @@ from typing import Any
 import torch
 
 from vlmlens.errors import InputError
+from vlmlens.inputs import Batch
 from vlmlens.sites import Site
 
 __all__ = ["mean_activation", "top_patches"]
 
 
-def mean_activation(model: Any, batches: Iterable[Any], site: Site | str) -> torch.Tensor:
+def mean_activation(model: Any, batches: Batch | Iterable[Batch], site: Site | str) -> torch.Tensor:
     """Mean of a site's activation over the samples of one or more batches (positions kept).
 
     Every batch must have the same sequence length (pad to a common length), so the
     mean is per position: with a single one-sample batch it equals that sample's activation.
     """
-    from vlmlens.inputs import Batch
     from vlmlens.ops.cache import run_with_cache
 
     site = model.site(site)

@@ -31,7 +31,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Int
@@ -60,6 +60,7 @@ _SHARD_GLOB = "shard-*.safetensors"
 _IDENTITY = ("model", "sites", "positions", "suffix", "dtype")
 
 
+@runtime_checkable
 class StoreDataset(Protocol):
     """What :func:`write_store` needs from a dataset (a :class:`~vlmlens.data.PopeDataset` fits).
 

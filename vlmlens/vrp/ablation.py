@@ -277,7 +277,7 @@ class AblationResult:
     random: tuple[McNemar, ...]
     random_drop_pp: float
     excess_drop_pp: float
-    by_k: tuple[dict[str, float], ...]
+    by_k: tuple[dict[str, float | int], ...]
     holds: bool
 
     def __post_init__(self) -> None:

@@ -25,13 +25,18 @@ import torch
 from PIL import Image
 from transformers import ProcessorMixin
 
-from vlmlens.data import SPLITS, VOCABULARY, SynthConfig, format_prompt, synth_pope
+from vlmlens.data import SPLITS, VOCABULARY, SceneTruth, SynthConfig, format_prompt, synth_pope
+from vlmlens.data.objects import shape_mask
 from vlmlens.data.prompts import POPE_SUFFIX
 from vlmlens.zoo.errors import ZooError
 from vlmlens.zoo.tokenizer import Family
 
 CAPTION_QUESTION = "What objects are in the image?"
 """The question of caption examples."""
+
+ROWS = ("top", "middle", "bottom")
+COLUMNS = ("left", "center", "right")
+NOT_THERE = "none"
 
 ANSWER_WORDS: dict[str, str] = {"yes": "Yes", "no": "No"}
 """How the toy models spell their answers (LLaVA-1.5 style)."""
@@ -51,6 +56,9 @@ class DataConfig:
         synth: SynthPOPE knobs shared by training and evaluation (``n_images``, ``seed``
             and ``image_size`` are overridden).
         caption_rate: Share of caption examples in the sampled stream.
+        grounding_rate: Share of grounding examples ("Where is the cup?" answered with
+            the 3x3 cell of its box centre, e.g. "top left", or "none"), half about
+            present objects, half about absent ones.
         suffix_rate: Share of questions that carry POPE's "Answer the question using a
             single word or phrase." suffix.
         turns: Questions per QA example, asked as a multi-turn conversation about the
@@ -63,6 +71,7 @@ class DataConfig:
     image_sizes: tuple[int, ...] = (64,)
     synth: SynthConfig = field(default_factory=SynthConfig)
     caption_rate: float = 0.25
+    grounding_rate: float = 0.0
     suffix_rate: float = 0.0
     turns: int = 1
 
@@ -77,7 +86,11 @@ class DataConfig:
             raise ZooError(f"DataConfig.image_sizes must be sides >= 16 px; got {self.image_sizes}.")
         if self.turns < 1:
             raise ZooError(f"DataConfig.turns must be >= 1; got {self.turns}.")
-        for name in ("caption_rate", "suffix_rate"):
+        if self.caption_rate + self.grounding_rate > 1.0:
+            raise ZooError(
+                f"caption_rate + grounding_rate must be <= 1; got {self.caption_rate} + {self.grounding_rate}."
+            )
+        for name in ("caption_rate", "grounding_rate", "suffix_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ZooError(f"DataConfig.{name} must be in [0, 1]; got {getattr(self, name)}.")
 
@@ -87,11 +100,14 @@ class Example:
     """One training example: an image and its turns (tokenized prompt, answer ids).
 
     The first turn's prompt holds the image; later turns are follow-up questions.
+    ``asked`` is the vocabulary index of the object the first question names
+    (``-100`` for captions).
     """
 
     image: int
     turns: tuple[tuple[int, tuple[int, ...]], ...]
-    kind: Literal["qa", "caption"]
+    kind: Literal["qa", "caption", "grounding"]
+    asked: int = -100
 
 
 @dataclass
@@ -104,6 +120,8 @@ class TrainSet:
             Qwen2-VL, ``image_grid_thw``), without the batch axis for LLaVA/PaliGemma.
         image_size: Side of each image in pixels.
         labels: Per image, the multi-hot object-presence vector (vocabulary order).
+        segments: Per image, the visible object at each pixel (0 = backdrop, else
+            1 + the object's vocabulary index), from the ground truth.
         prompts: Per tokenized prompt, its token-level tensors (``input_ids`` and the
             family's type ids), 1-D.
         examples: All examples, QA first, then captions.
@@ -116,6 +134,7 @@ class TrainSet:
     prompts: list[dict[str, torch.Tensor]]
     examples: list[Example]
     pad_id: int
+    segments: list[np.ndarray] = field(default_factory=list)
 
     def by_kind(self, kind: str) -> list[int]:
         """Indices of the examples of one kind."""
@@ -154,10 +173,12 @@ def build_train_set(family: Family, processor: ProcessorMixin, cfg: DataConfig) 
     pixels: list[dict[str, torch.Tensor]] = []
     sizes: list[int] = []
     labels: list[list[float]] = []
+    segments: list[np.ndarray] = []
     prompt_index: dict[tuple[str, int], int] = {}
     prompts: list[dict[str, torch.Tensor]] = []
     qa: list[Example] = []
     captions: list[Example] = []
+    grounding: list[Example] = []
 
     def prompt_id(question: str, size: int | None) -> int:
         key = (question, size if size is not None else 0)
@@ -186,6 +207,7 @@ def build_train_set(family: Family, processor: ProcessorMixin, cfg: DataConfig) 
         sizes.extend([size] * len(images))
         row = {n: offset + i for i, n in enumerate(names)}
         for truth in base.scenes:
+            segments.append(object_map(truth))
             present = sorted(set(truth.names), key=OBJECT_ORDER.__getitem__)
             vec = [0.0] * len(VOCABULARY)
             for name in present:
@@ -193,32 +215,84 @@ def build_train_set(family: Family, processor: ProcessorMixin, cfg: DataConfig) 
             labels.append(vec)
             turn = (prompt_id(CAPTION_QUESTION, size), answer_ids(processor, " ".join(present)))
             captions.append(Example(image=row[truth.image_id], turns=(turn,), kind="caption"))
-        per_image: dict[str, list[tuple[str, str]]] = {}
+            if cfg.grounding_rate > 0:
+                absent = [k.name for k in VOCABULARY if k.name not in present]
+                asked = [(o, where(truth, o, size)) for o in present]
+                picks = rng.choice(len(absent), size=len(asked), replace=False)
+                asked += [(absent[i], NOT_THERE) for i in picks]
+                for name, place in asked:
+                    turn = (prompt_id(f"Where is the {name}?", size), answer_ids(processor, place))
+                    grounding.append(
+                        Example(
+                            image=row[truth.image_id], turns=(turn,), kind="grounding", asked=OBJECT_ORDER[name]
+                        )
+                    )
         for split in SPLITS:
+            # Every split's questions, yes questions included each time: the three splits
+            # share them, and keeping them per split keeps the answers balanced 50/50.
+            per_image: dict[str, list[tuple[str, str, str]]] = {}
             for item in splits[split].items:
-                pairs = per_image.setdefault(item.image, [])
-                if (item.text, item.label) not in pairs:
-                    pairs.append((item.text, item.label))
-        for image, pairs in per_image.items():
-            order = rng.permutation(len(pairs))
-            # Each question once; groups of `turns` questions form one conversation.
-            for start in range(0, len(order), cfg.turns):
-                turns = []
-                for j, k in enumerate(order[start : start + cfg.turns]):
-                    text, label = pairs[k]
-                    question = text + (POPE_SUFFIX if rng.random() < cfg.suffix_rate else "")
-                    pid = prompt_id(question, size if j == 0 else None)
-                    turns.append((pid, answer_ids(processor, ANSWER_WORDS[label])))
-                qa.append(Example(image=row[image], turns=tuple(turns), kind="qa"))
+                per_image.setdefault(item.image, []).append((item.text, item.label, item.object_name))
+            for image, pairs in per_image.items():
+                order = rng.permutation(len(pairs))
+                for start in range(0, len(order), cfg.turns):
+                    turns = []
+                    asked = OBJECT_ORDER[pairs[order[start]][2]]
+                    for j, k in enumerate(order[start : start + cfg.turns]):
+                        text, label, _ = pairs[k]
+                        question = text + (POPE_SUFFIX if rng.random() < cfg.suffix_rate else "")
+                        pid = prompt_id(question, size if j == 0 else None)
+                        turns.append((pid, answer_ids(processor, ANSWER_WORDS[label])))
+                    qa.append(Example(image=row[image], turns=tuple(turns), kind="qa", asked=asked))
     return TrainSet(
         family=family,
         pixels=pixels,
         image_size=sizes,
         labels=torch.tensor(labels),
         prompts=prompts,
-        examples=qa + captions,
+        examples=qa + captions + grounding,
         pad_id=processor.tokenizer.pad_token_id,
+        segments=segments,
     )
+
+
+def where(truth: SceneTruth, name: str, size: int) -> str:
+    """The 3x3 cell of the centre of an object's box, e.g. ``"top left"``."""
+    x0, y0, x1, y1 = next(o.bbox for o in truth.objects if o.name == name)
+    row = min(2, int(3 * (y0 + y1) / 2 / size))
+    col = min(2, int(3 * (x0 + x1) / 2 / size))
+    return f"{ROWS[row]} {COLUMNS[col]}"
+
+
+def object_map(truth: SceneTruth) -> np.ndarray:
+    """Which object is visible at each pixel: 0 for the backdrop, else 1 + vocabulary index."""
+    w, h = truth.size
+    out = np.zeros((h, w), dtype=np.uint8)
+    for obj in truth.objects:  # paint order: later objects cover earlier ones
+        x0, y0, x1, y1 = obj.bbox
+        mask = shape_mask(obj.name, obj.bbox)
+        out[y0:y1, x0:x1][mask] = 1 + OBJECT_ORDER[obj.name]
+    return out
+
+
+def cell_labels(segment: np.ndarray, cell: int, min_cover: float = 0.2) -> np.ndarray:
+    """The dominant object of each ``cell`` x ``cell`` block of an object map.
+
+    Args:
+        segment: An :func:`object_map`.
+        cell: Block side in pixels (the patch size, or patch x merge for Qwen2-VL).
+        min_cover: Least share of the block an object must cover to label it.
+
+    Returns:
+        Row-major labels of shape ``(rows * cols,)``: 0 for backdrop, else 1 + index.
+    """
+    h, w = segment.shape
+    blocks = segment.reshape(h // cell, cell, w // cell, cell).transpose(0, 2, 1, 3).reshape(-1, cell * cell)
+    n_classes = len(VOCABULARY) + 1
+    counts = np.stack([(blocks == k).sum(axis=1) for k in range(1, n_classes)], axis=1)
+    best = counts.argmax(axis=1)
+    covered = counts.max(axis=1) >= min_cover * cell * cell
+    return np.where(covered, best + 1, 0).astype(np.int64)
 
 
 def _preprocess(
@@ -271,10 +345,13 @@ def collate(ts: TrainSet, indices: Sequence[int]) -> dict[str, torch.Tensor]:
     Returns:
         Model inputs including ``labels`` (``-100`` on prompt and padding); for
         PaliGemma ``token_type_ids`` (0 = bidirectional prefix, 1 = answer), for Qwen2-VL
-        ``mm_token_type_ids`` and ``image_grid_thw``.
+        ``mm_token_type_ids`` and ``image_grid_thw``. Also, not model inputs:
+        ``aux_pos`` (the last prompt position of the first turn), ``aux_asked`` (the
+        asked object, ``-100`` for none) and ``aux_presence`` (multi-hot objects).
     """
     examples = [ts.examples[i] for i in indices]
     seqs, labs, types, mm = [], [], [], []
+    aux_pos = [len(ts.prompts[e.turns[0][0]]["input_ids"]) - 1 for e in examples]
     for e in examples:
         seq, lab, typ, mmt = [], [], [], []
         for prompt, answer in e.turns:
@@ -302,6 +379,9 @@ def collate(ts: TrainSet, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         batch["token_type_ids"] = _pad(types, width, 1)
     if mm:
         batch["mm_token_type_ids"] = _pad(mm, width, 0)
+    batch["aux_pos"] = torch.tensor(aux_pos)
+    batch["aux_asked"] = torch.tensor([e.asked for e in examples])
+    batch["aux_presence"] = ts.labels[[e.image for e in examples]]
     pix = [ts.pixels[e.image] for e in examples]
     if ts.family == "qwen2_vl":
         batch["pixel_values"] = torch.cat([p["pixel_values"] for p in pix])

@@ -1,14 +1,22 @@
-"""Stage 1 of toy-llava: pre-train the CLIP vision tower on object presence.
+"""Stage 1 of every toy: pre-train the vision tower on what is where in the image.
 
-LLaVA starts from a CLIP tower trained elsewhere and keeps it frozen. The toy version
-pre-trains its tower on multi-label object classification (which of the SynthPOPE
-objects are in the image) from the mean of the patch features LLaVA feeds its
-projector, then freezes it.
+Real VLMs start from a vision tower trained elsewhere (CLIP for LLaVA, SigLIP for
+PaliGemma, a CLIP ViT for Qwen2-VL). The toys pre-train theirs on SynthPOPE ground
+truth with two linear heads that are thrown away afterwards:
+
+* object presence: multi-label classification (which of the 21 objects are in the
+  image) from the mean of the features the projector reads;
+* object layout: for every image token, which object covers its patch (or none).
+
+The dense layout target is what makes a from-scratch ViT learn in a few hundred CPU
+steps; it also makes image tokens carry the identity of the object under them. LLaVA
+then freezes the tower; PaliGemma and Qwen2-VL keep training it end to end.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,27 +24,65 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from vlmlens.zoo.data import TrainSet
+from vlmlens.zoo.data import TrainSet, cell_labels
+from vlmlens.zoo.tokenizer import Family
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
 class PretrainResult:
-    """Outcome of the tower pre-training.
+    """Outcome of the tower pre-training (on its last 50 training batches).
 
     Attributes:
         steps: Optimiser steps taken.
-        final_loss: Mean BCE loss over the last 50 steps.
-        train_accuracy: Per-object presence accuracy on the last 50 batches.
+        final_loss: Mean loss (presence BCE + layout cross-entropy).
+        presence_accuracy: Per-object presence accuracy.
+        layout_accuracy: Per-token layout accuracy.
     """
 
     steps: int
     final_loss: float
-    train_accuracy: float
+    presence_accuracy: float
+    layout_accuracy: float
+
+
+def tower_of(family: Family, model: nn.Module) -> nn.Module:
+    """The vision tower module of a zoo model (merger included for Qwen2-VL)."""
+    return model.model.visual if family == "qwen2_vl" else model.model.vision_tower
+
+
+def token_cell(family: Family, model: nn.Module) -> int:
+    """Pixels per image token side (patch size, times the merge size for Qwen2-VL)."""
+    vision = model.config.vision_config
+    if family == "qwen2_vl":
+        return vision.patch_size * vision.spatial_merge_size
+    return vision.patch_size
+
+
+def tower_features(family: Family, model: nn.Module, pixels: Sequence[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
+    """Per image, the token features the projector (or LM, for Qwen2-VL) receives.
+
+    Returns:
+        One ``(tokens, width)`` tensor per image, tokens in row-major grid order.
+    """
+    tower = tower_of(family, model)
+    if family == "qwen2_vl":
+        grid = torch.stack([p["image_grid_thw"] for p in pixels])
+        out = tower(torch.cat([p["pixel_values"] for p in pixels]), grid_thw=grid)
+        sizes = (grid.prod(-1) // tower.spatial_merge_size**2).tolist()
+        return list(torch.split(out.pooler_output, sizes))
+    batch = torch.stack([p["pixel_values"] for p in pixels])
+    if family == "llava":
+        out = tower(pixel_values=batch, output_hidden_states=True)
+        feats = out.hidden_states[model.config.vision_feature_layer][:, 1:]  # CLS dropped, as LLaVA does
+    else:
+        feats = tower(pixel_values=batch).last_hidden_state
+    return list(feats)
 
 
 def pretrain_vision_tower(
+    family: Family,
     model: nn.Module,
     ts: TrainSet,
     *,
@@ -44,70 +90,84 @@ def pretrain_vision_tower(
     batch_size: int,
     lr: float,
     seed: int,
-    feature_layer: int,
+    freeze: bool,
     progress: bool = True,
 ) -> PretrainResult:
-    """Train ``model.model.vision_tower`` to tell which objects are in each image.
+    """Train a zoo model's vision tower on object presence and layout.
 
     Args:
-        model: A ``LlavaForConditionalGeneration``.
-        ts: The training set (its images and their object labels).
+        family: Model family.
+        model: The zoo model (its tower is trained in place).
+        ts: The training set (images, presence labels, object maps).
         steps: Optimiser steps.
         batch_size: Images per step.
         lr: Peak AdamW learning rate (linear warm-up, cosine decay).
-        seed: Seed of the head's initialisation and of the image order.
-        feature_layer: The hidden-state index LLaVA reads (``vision_feature_layer``).
+        seed: Seed of the heads' initialisation and of the image order.
+        freeze: Freeze the tower afterwards (LLaVA).
         progress: Show a tqdm progress bar.
 
     Returns:
         A :class:`PretrainResult`.
     """
-    tower = model.model.vision_tower
-    width = tower.config.hidden_size
+    tower = tower_of(family, model)
+    cell = token_cell(family, model)
+    layout = [torch.from_numpy(cell_labels(seg, cell)) for seg in ts.segments]
     torch.manual_seed(seed)
-    head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, ts.labels.shape[1]))
-    params = list(tower.parameters()) + list(head.parameters())
+    width = tower_features(family, model, ts.pixels[:1])[0].shape[-1]
+    n_objects = ts.labels.shape[1]
+    presence_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, n_objects))
+    layout_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, n_objects + 1))
+    params = [*tower.parameters(), *presence_head.parameters(), *layout_head.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    sched = _warmup_cosine(opt, steps)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(ts.pixels))
-    pos = 0
+    sched = warmup_cosine(opt, steps)
+    rng = np.random.default_rng([seed, 3])
+    order, pos = rng.permutation(len(ts.pixels)), 0
     losses: list[float] = []
-    accs: list[float] = []
+    p_acc: list[float] = []
+    l_acc: list[float] = []
     tower.train()
-    bar = tqdm(range(steps), desc="llava: vision tower", disable=not progress, leave=False)
+    bar = tqdm(range(steps), desc=f"{family}: vision tower", disable=not progress, leave=False)
     for _ in bar:
         if pos + batch_size > len(order):
             order, pos = rng.permutation(len(ts.pixels)), 0
-        idx = order[pos : pos + batch_size]
+        idx = order[pos : pos + batch_size].tolist()
         pos += batch_size
-        pixels = torch.stack([ts.pixels[i]["pixel_values"] for i in idx])
+        feats = tower_features(family, model, [ts.pixels[i] for i in idx])
+        presence = presence_head(torch.stack([f.mean(dim=0) for f in feats]))
         target = ts.labels[idx]
-        out = tower(pixel_values=pixels, output_hidden_states=True)
-        feats = out.hidden_states[feature_layer][:, 1:]  # patch tokens, CLS dropped as LLaVA does
-        logits = head(feats.mean(dim=1))
-        loss = nn.functional.binary_cross_entropy_with_logits(logits, target)
+        tokens = layout_head(torch.cat(feats))
+        cells = torch.cat([layout[i] for i in idx])
+        loss = nn.functional.binary_cross_entropy_with_logits(presence, target)
+        loss = loss + nn.functional.cross_entropy(tokens, cells)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         losses.append(loss.item())
-        accs.append(((logits > 0).float() == target).float().mean().item())
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", acc=f"{np.mean(accs[-50:]):.3f}")
-    tower.eval()
-    for p in tower.parameters():
-        p.requires_grad_(False)
+        p_acc.append(((presence > 0).float() == target).float().mean().item())
+        l_acc.append((tokens.argmax(-1) == cells).float().mean().item())
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", presence=f"{np.mean(p_acc[-50:]):.3f}")
+    if freeze:
+        tower.eval()
+        for p in tower.parameters():
+            p.requires_grad_(False)
     result = PretrainResult(
         steps=steps,
-        final_loss=float(np.mean(losses[-50:])) if losses else float("nan"),
-        train_accuracy=float(np.mean(accs[-50:])) if accs else float("nan"),
+        final_loss=_tail(losses),
+        presence_accuracy=_tail(p_acc),
+        layout_accuracy=_tail(l_acc),
     )
-    logger.info("vision tower pre-trained: %s", result)
+    logger.info("%s vision tower pre-trained: %s", family, result)
     return result
 
 
-def _warmup_cosine(opt: torch.optim.Optimizer, steps: int, warmup: float = 0.05) -> torch.optim.lr_scheduler.LambdaLR:
+def _tail(values: list[float]) -> float:
+    return float(np.mean(values[-50:])) if values else float("nan")
+
+
+def warmup_cosine(opt: torch.optim.Optimizer, steps: int, warmup: float = 0.05) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup`` of the steps, then cosine decay to 0."""
     n_warm = max(1, int(steps * warmup))
 
     def factor(step: int) -> float:

@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Literal
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from vlmlens.data.objects import KINDS
 from vlmlens.zoo.errors import ZooError, check_family
 
 logger = logging.getLogger(__name__)
@@ -40,11 +40,11 @@ BASE_WORDS: tuple[str, ...] = (
     "You", "are", "helpful", "assistant", "system", "user", "Picture", "Video",
     "objects", "object", "picture", "photo", "this", "of", "and", "What", "what",
     "Please", "please", "Does", "does", "contain", "any", "Are", "Describe", "describe",
-    "caption", "none", "nothing", "!", "'", "-",
+    "caption", "none", "nothing", "!", "'", "-", "Where", "where", "middle", "center",
 )  # fmt: skip
 
-#: Object nouns always in the vocabulary (COCO-like), so the vocabulary is a superset of
-#: any object list SynthPOPE uses even before :mod:`vlmlens.data` is importable.
+#: Object nouns always in the vocabulary (COCO-like), besides SynthPOPE's own objects, so
+#: prompts about everyday objects do not fall back to ``<unk>``.
 COMMON_OBJECTS: tuple[str, ...] = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
     "bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe",
@@ -178,26 +178,8 @@ FAMILY_TOKENS: dict[Family, FamilyTokens] = {
 
 
 def object_words() -> tuple[str, ...]:
-    """Object nouns of SynthPOPE (split into words), or ``()`` if it is not importable.
-
-    Returns:
-        The words of every object name in :mod:`vlmlens.data.objects`, sorted.
-    """
-    try:
-        objects = importlib.import_module("vlmlens.data.objects")
-    except Exception as exc:  # noqa: BLE001 - a broken optional module must not break models
-        logger.warning("vlmlens.data.objects is not importable (%s); using the fixed noun list", exc)
-        return ()
-    names: list[str] = []
-    for attr in ("KINDS", "VOCABULARY", "OBJECT_NAMES"):
-        value = getattr(objects, attr, None)
-        if value is None:
-            continue
-        for entry in value.keys() if isinstance(value, dict) else value:
-            names.append(entry if isinstance(entry, str) else str(getattr(entry, "name", entry)))
-        break
-    words = {w for name in names for w in name.replace("_", " ").replace("-", " ").split()}
-    return tuple(sorted(words))
+    """The words of SynthPOPE's object names (:data:`vlmlens.data.KINDS`), sorted."""
+    return tuple(sorted({w for name in KINDS for w in name.replace("_", " ").replace("-", " ").split()}))
 
 
 def vocabulary(family: Family, *, extra_words: Iterable[str] = ()) -> list[str]:

@@ -30,7 +30,7 @@ from vlmlens.zoo.data import DataConfig, TrainSet, build_train_set, collate
 from vlmlens.zoo.errors import ZooError, check_family
 from vlmlens.zoo.io import save_processor, write_meta
 from vlmlens.zoo.models import MODEL_CLASSES
-from vlmlens.zoo.pretrain import PretrainResult, _warmup_cosine, pretrain_vision_tower
+from vlmlens.zoo.pretrain import PretrainResult, pretrain_vision_tower, tower_of, warmup_cosine
 from vlmlens.zoo.processors import build_processor
 from vlmlens.zoo.tokenizer import Family
 
@@ -58,6 +58,13 @@ class Recipe:
         vision_feature_layer: LLaVA's ``vision_feature_layer``; ``None`` keeps the config's.
         tie_word_embeddings: Tie the LM's input and output embeddings; ``None`` keeps
             the family's default (Gemma ties, Llama and Qwen2 do not).
+        aux_weight: Weight of the deep-supervision heads (0 for none): two linear heads
+            on the text residual stream after layer ``aux_layer``, at the last prompt
+            position, predict the object the question names and the objects present.
+            They give the "which object was asked" and "what is there" features a
+            direct gradient, which a tiny LM otherwise finds only after a long plateau at
+            chance; the heads are discarded after training.
+        aux_layer: Text layer whose output the deep-supervision heads read.
         qwen_min_size: Qwen2-VL only: smallest image side kept as is by the processor.
     """
 
@@ -72,6 +79,8 @@ class Recipe:
     freeze_vision: bool = False
     vision_feature_layer: int | None = None
     tie_word_embeddings: bool | None = None
+    aux_weight: float = 0.0
+    aux_layer: int = 2
     qwen_min_size: int = 32
 
     def __post_init__(self) -> None:
@@ -88,16 +97,32 @@ class Recipe:
 
 RECIPES: dict[Family, Recipe] = {
     "llava": Recipe(
-        steps=700,
-        data=DataConfig(n_images=2000, synth=ZOO_SYNTH),
-        vision_pretrain_steps=400,
+        steps=800,
+        lr=2e-3,
+        data=DataConfig(n_images=2000, synth=ZOO_SYNTH, grounding_rate=0.2),
+        vision_pretrain_steps=300,
+        vision_pretrain_lr=3e-3,
         freeze_vision=True,
         vision_feature_layer=-1,
+        tie_word_embeddings=True,
+        aux_weight=0.5,
     ),
-    "paligemma": Recipe(steps=700, data=DataConfig(n_images=2000, synth=ZOO_SYNTH)),
-    "qwen2_vl": Recipe(
+    "paligemma": Recipe(
         steps=700,
-        data=DataConfig(n_images=1000, image_sizes=(48, 64), synth=ZOO_SYNTH),
+        lr=2e-3,
+        data=DataConfig(n_images=2000, synth=ZOO_SYNTH, grounding_rate=0.2),
+        vision_pretrain_steps=300,
+        vision_pretrain_lr=3e-3,
+        aux_weight=0.5,
+    ),
+    "qwen2_vl": Recipe(
+        steps=800,
+        lr=2e-3,
+        data=DataConfig(n_images=1000, image_sizes=(48, 64), synth=ZOO_SYNTH, grounding_rate=0.2),
+        vision_pretrain_steps=300,
+        vision_pretrain_lr=3e-3,
+        tie_word_embeddings=True,
+        aux_weight=0.5,
     ),
 }
 """The recipe of each zoo model."""
@@ -187,13 +212,14 @@ def train(
         pre_result = None
         if r.vision_pretrain_steps:
             pre_result = pretrain_vision_tower(
+                family,
                 model,
                 ts,
                 steps=r.vision_pretrain_steps,
                 batch_size=r.vision_pretrain_batch,
                 lr=r.vision_pretrain_lr,
                 seed=seed,
-                feature_layer=model.config.vision_feature_layer,
+                freeze=r.freeze_vision,
                 progress=progress,
             )
         losses = _main_stage(family, model, ts, r, seed, progress, callback, callback_every)
@@ -204,6 +230,8 @@ def train(
         model.generation_config.do_sample = False
         model.save_pretrained(folder)
         save_processor(processor, folder)
+        for file in folder.iterdir():
+            file.chmod(0o644)  # safetensors writes 0600; installed package data must be readable
         seconds = time.perf_counter() - start
     finally:
         torch.set_num_threads(old_threads)
@@ -252,20 +280,28 @@ def _main_stage(
     callback_every: int,
 ) -> list[float]:
     if r.freeze_vision:
-        for p in model.model.vision_tower.parameters():
+        for p in tower_of(family, model).parameters():
             p.requires_grad_(False)
+    aux = _AuxHeads(model.config.get_text_config().hidden_size, ts.labels.shape[1]) if r.aux_weight else None
     params = [p for p in model.parameters() if p.requires_grad]
+    if aux is not None:
+        params += list(aux.parameters())
     opt = torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay, betas=(0.9, 0.98))
-    sched = _warmup_cosine(opt, r.steps)
-    sampler = _Sampler(ts, r.batch_size, r.data.caption_rate, seed)
+    sched = warmup_cosine(opt, r.steps)
+    sampler = _Sampler(ts, r.batch_size, {"caption": r.data.caption_rate, "grounding": r.data.grounding_rate}, seed)
     model.train()
     if r.freeze_vision:
-        model.model.vision_tower.eval()
+        tower_of(family, model).eval()
     losses: list[float] = []
     bar = tqdm(range(r.steps), desc=f"{family}: main stage", disable=not progress, leave=False)
     for step in bar:
         batch = collate(ts, sampler.next())
-        loss = model(**batch).loss
+        pos, asked, presence = batch.pop("aux_pos"), batch.pop("aux_asked"), batch.pop("aux_presence")
+        out = model(**batch, output_hidden_states=aux is not None)
+        loss = out.loss
+        if aux is not None:
+            hidden = out.hidden_states[r.aux_layer][torch.arange(len(pos)), pos]
+            loss = loss + r.aux_weight * aux.loss(hidden, asked, presence)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -279,18 +315,35 @@ def _main_stage(
                 callback(step + 1, model)
             model.train()
             if r.freeze_vision:
-                model.model.vision_tower.eval()
+                tower_of(family, model).eval()
     return losses
 
 
-class _Sampler:
-    """Deterministic batches: a fixed share of captions, the rest QA, epoch-wise shuffled."""
+class _AuxHeads(torch.nn.Module):
+    """Deep-supervision heads (training only): asked object and present objects."""
 
-    def __init__(self, ts: TrainSet, batch_size: int, caption_rate: float, seed: int) -> None:
+    def __init__(self, width: int, n_objects: int) -> None:
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(width)
+        self.asked = torch.nn.Linear(width, n_objects)
+        self.presence = torch.nn.Linear(width, n_objects)
+
+    def loss(self, hidden: torch.Tensor, asked: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+        h = self.norm(hidden)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(self.presence(h), presence)
+        if (asked != -100).any():
+            loss = loss + torch.nn.functional.cross_entropy(self.asked(h), asked, ignore_index=-100)
+        return loss
+
+
+class _Sampler:
+    """Deterministic batches with a fixed number of each kind, epoch-wise shuffled."""
+
+    def __init__(self, ts: TrainSet, batch_size: int, rates: dict[str, float], seed: int) -> None:
         self.rng = np.random.default_rng([seed, 17])
-        self.pools = {"qa": np.array(ts.by_kind("qa")), "caption": np.array(ts.by_kind("caption"))}
-        self.n_caption = int(round(batch_size * caption_rate)) if len(self.pools["caption"]) else 0
-        self.n_qa = batch_size - self.n_caption
+        self.pools = {k: np.array(ts.by_kind(k)) for k in ("qa", *rates)}
+        self.counts = {k: int(round(batch_size * r)) if len(self.pools[k]) else 0 for k, r in rates.items()}
+        self.counts["qa"] = batch_size - sum(self.counts.values())
         self.orders = {k: self.rng.permutation(v) for k, v in self.pools.items()}
         self.pos = {k: 0 for k in self.pools}
 
@@ -306,7 +359,7 @@ class _Sampler:
         return out
 
     def next(self) -> list[int]:
-        return self._take("qa", self.n_qa) + self._take("caption", self.n_caption)
+        return [i for kind, n in self.counts.items() for i in self._take(kind, n)]
 
 
 def _meta(result: TrainResult, r: Recipe) -> dict[str, Any]:
