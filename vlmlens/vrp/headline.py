@@ -138,26 +138,37 @@ def _sensitivity_rows(name: str, r: dict[str, Any]) -> list[tuple[str, ...]]:
         return "; ".join(values)
 
     m = r["masking"]
+    hurts = [f"{round(100 * row['fraction'])}%: {_yes(row['top']['p_value'] < 0.05 and row['top']['drop_pp'] > row['random']['drop_pp'])}"
+             for row in m["by_fraction"]]
     rows = [("mask share", name, fmt([f"{round(100 * row['fraction'])}%: top {row['top']['drop_pp']:.1f} / "
                                       f"random {row['random']['drop_pp']:.1f} pp" for row in m["by_fraction"]]),
-             "top hurts (p<0.05), more than random" + _holds(m["holds"]))]
+             f"top patches hurt significantly (p<0.05) and more than random? {', '.join(hurts)}"
+             + _holds(m["holds"]))]
     sc = r["consistency"]
     rows.append(("self-consistency K", name, fmt([f"K={row['k']}: R_pb {_corr(row['rpb'])[0]}"
                                                  for row in sc["by_k"]]),
-                 "significant R_pb and its sign" + _holds(sc["holds"])))
+                 "significance and sign of R_pb" + _holds(sc["holds"])))
     if not isinstance(r["ablation"], str):
         for point in ("mlp_out", "mlp_post"):
             a = r["ablation"][point]
             if len(a["by_k"]) < 2:
                 continue
+            hurts = [f"k={row['k']}: {_yes(row['top_p'] < 0.05 and row['excess_drop_pp'] > 0)}" for row in a["by_k"]]
             rows.append((f"ablated k ({point})", name,
                          fmt([f"k={row['k']}: {row['top_drop_pp']:.1f} vs {row['random_drop_pp']:.1f} pp"
-                              for row in a["by_k"]]), "top-k hurts (p<0.05), more than random" + _holds(a["holds"])))
+                              for row in a["by_k"]]),
+                         f"top-k hurts significantly (p<0.05) and more than random? {', '.join(hurts)}"
+                         + _holds(a["holds"])))
     return rows
 
 
 def _holds(holds: bool | None) -> str:
-    return {True: ": holds", False: ": does NOT hold", None: ": undefined"}[holds]
+    return {True: " (same verdict at every setting)", False: " (verdict changes with the setting)",
+            None: " (undefined)"}[holds]
+
+
+def _yes(verdict: bool) -> str:
+    return "yes" if verdict else "no"
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
