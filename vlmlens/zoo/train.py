@@ -108,7 +108,7 @@ RECIPES: dict[Family, Recipe] = {
         aux_weight=0.5,
     ),
     "paligemma": Recipe(
-        steps=700,
+        steps=950,
         lr=2e-3,
         data=DataConfig(n_images=2000, synth=ZOO_SYNTH, grounding_rate=0.2),
         vision_pretrain_steps=300,
