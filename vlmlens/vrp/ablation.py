@@ -243,7 +243,7 @@ def run_interventions(model: Any, dataset: Any, config: VRPConfig, store: Sample
     tokens = AnswerTokens.of(model)
     names, conditions = _interventions(plan, config)
     for index, chunk in tqdm(todo, desc=f"VRP {name}: ablations", unit="batch"):
-        batch = model.prepare([dataset.image(item) for item in chunk], [item.text for item in chunk], suffix=True)
+        batch = model.prepare([dataset.image(item) for item in chunk], [item.text for item in chunk], suffix=config.suffix)
         logits = sweep(model, batch, conditions, chunk_size=max(1, 64 // len(chunk)))
         rows = [{"question_id": item.question_id, "batch": index} for item in chunk]
         for column, condition_logits in zip(names, logits):

@@ -38,6 +38,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--suffix", action="store_true",
+                   help="append POPE's 'Answer the question using a single word or phrase.' to questions")
     p.add_argument("--resamples", type=int, default=None,
                    help="bootstrap resamples of every CI (default 1000; --quick: 200)")
     p.add_argument("--threads", type=int, default=1,
@@ -75,6 +77,7 @@ def _config(args: argparse.Namespace) -> Any:
     if resamples is None:
         resamples = 200 if args.quick else 1000
     return VRPConfig(batch_size=getattr(args, "batch_size", 8), seed=args.seed, n_resamples=resamples,
+                     suffix=getattr(args, "suffix", False),
                      interventions=not getattr(args, "no_interventions", False))
 
 

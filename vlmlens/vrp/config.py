@@ -188,6 +188,8 @@ class VRPConfig:
             run sees the same batches as an uninterrupted one.
         attention_layers: ``"second_half"`` or ``"all"`` text layers for the map M (**choice**).
         seed: Seeds masks, sampling, probes, random controls and bootstraps.
+        suffix: Append POPE's "Answer the question using a single word or phrase." to every
+            question (**choice**; off by default because the toy zoo was trained mostly without it).
         n_resamples: Bootstrap resamples of every CI.
         n_examples: Attention maps kept for the report.
         interventions: Run the neuron-ablation and destruction phase (needs both outcomes
@@ -203,6 +205,7 @@ class VRPConfig:
     batch_size: int = 8
     attention_layers: Literal["second_half", "all"] = "second_half"
     seed: int = 0
+    suffix: bool = False
     n_resamples: int = 1000
     n_examples: int = 4
     interventions: bool = True

@@ -177,7 +177,7 @@ def measure_batch(model: Any, dataset: Any, chunk: Sequence[Any], config: VRPCon
     questions = [item.text for item in chunk]
     qids = [item.question_id for item in chunk]
     labels = [item.label for item in chunk]
-    batch = model.prepare(images, questions, suffix=True)
+    batch = model.prepare(images, questions, suffix=config.suffix)
     cc = config.consistency
     decoded = decode_shared(model, batch, k=cc.k_max, max_new_tokens=cc.max_new_tokens,
                             temperature=cc.temperature, top_p=cc.top_p, seed=config.seed, keys=qids)
@@ -186,7 +186,7 @@ def measure_batch(model: Any, dataset: Any, chunk: Sequence[Any], config: VRPCon
                      for name, point in FEATURES.items()}
     sites = patterns + [s for group in feature_sites.values() for s in group]
     logits, cache = run_with_cache(model, batch, sites=sites, positions="last")
-    blank = model.prepare([Image.new("RGB", im.size, (128, 128, 128)) for im in images], questions, suffix=True)
+    blank = model.prepare([Image.new("RGB", im.size, (128, 128, 128)) for im in images], questions, suffix=config.suffix)
     _, blank_cache = run_with_cache(model, blank, sites=feature_sites["resid"], positions="last")
     yes_no, truth = _margins(_per_layer_logits(model, cache), tokens, labels)
     yes_no_blank, truth_blank = _margins(_per_layer_logits(model, blank_cache), tokens, labels)
