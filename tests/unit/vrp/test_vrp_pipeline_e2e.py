@@ -54,7 +54,7 @@ def test_every_measurement_is_reported(result) -> None:
 def test_logit_lens_at_the_last_layer_equals_the_model_logits(result) -> None:
     model, dataset, res = result
     items = dataset.items[:4]
-    batch = model.prepare([dataset.image(i) for i in items], [i.text for i in items], suffix=True)
+    batch = model.prepare([dataset.image(i) for i in items], [i.text for i in items], suffix=CONFIG.suffix)
     logits = model.forward(batch)[torch.arange(4), torch.tensor(batch.layout.last_prompt)]
     tokens = AnswerTokens.of(model)
     expected = logits[:, list(tokens.yes)].max(-1).values - logits[:, list(tokens.no)].max(-1).values
@@ -90,7 +90,7 @@ def test_planned_ablations_equal_a_hand_written_hook(result) -> None:
     plan = json.loads((res.folder / "plan.json").read_text())
     names, conditions = _interventions(plan, CONFIG)
     items = dataset.items[:2]
-    batch = model.prepare([dataset.image(i) for i in items], [i.text for i in items], suffix=True)
+    batch = model.prepare([dataset.image(i) for i in items], [i.text for i in items], suffix=CONFIG.suffix)
     chosen = [names.index("ablate_mlp_out_top_k2"), names.index("destroy_ranked_n32")]
     swept = sweep(model, batch, [conditions[i] for i in chosen])
     clean = model.forward(batch)
