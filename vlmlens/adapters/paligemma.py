@@ -2,21 +2,13 @@
 
 from dataclasses import replace
 
-from vlmlens.adapters.base import TowerSpec
 from vlmlens.adapters.llava import ADAPTER as LLAVA
-from vlmlens.adapters.llava import CLIP_BLOCK
 
-# Gemma's block has Llama's layout; SigLIP's has CLIP's. Only the differences are stated.
+# Gemma's block has Llama's module names and SigLIP's has CLIP's, at the same paths, so
+# PaliGemma states only what differs: its class and the bidirectional prefix.
 ADAPTER = replace(
     LLAVA,
     family="paligemma",
     architecture="PaliGemmaForConditionalGeneration",
-    vision=TowerSpec(
-        layers="model.vision_tower.encoder.layers",
-        block=CLIP_BLOCK,
-        config="vision_config",
-        n_heads="num_attention_heads",
-        embed="model.vision_tower.embeddings",
-    ),
     prefix_lm=True,
 )
