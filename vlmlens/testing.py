@@ -11,9 +11,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch

@@ -76,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _list() -> int:
-    from vlmlens.zoo.io import read_meta  # noqa: PLC0415 - keep `vlmlens --help` fast
-    from vlmlens.zoo.registry import ZOO, checkpoint_path  # noqa: PLC0415
+    from vlmlens.zoo.io import read_meta
+    from vlmlens.zoo.registry import ZOO, checkpoint_path
 
     for name, e in ZOO.items():
         try:
@@ -90,7 +90,7 @@ def _list() -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from vlmlens.zoo.train import train  # noqa: PLC0415
+    from vlmlens.zoo.train import train
 
     result = train(args.family, args.out, seed=args.seed, steps=args.steps, threads=args.threads)
     print(
@@ -101,7 +101,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from vlmlens.zoo.evaluate import evaluate  # noqa: PLC0415
+    from vlmlens.zoo.evaluate import evaluate
 
     metrics = evaluate(args.model, args.split, n_images=args.n_images, seed=args.seed)
     if args.json:
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_parser(sub)
     args = parser.parse_args(["zoo", *(argv if argv is not None else sys.argv[1:])])
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     return run(args)
 
 

@@ -22,7 +22,6 @@ from typing import Literal
 
 from transformers import (
     CLIPVisionConfig,
-    GemmaConfig,
     LlamaConfig,
     LlavaConfig,
     PaliGemmaConfig,

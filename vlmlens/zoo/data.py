@@ -25,7 +25,14 @@ import torch
 from PIL import Image
 from transformers import ProcessorMixin
 
-from vlmlens.data import SPLITS, VOCABULARY, SceneTruth, SynthConfig, format_prompt, synth_pope
+from vlmlens.data import (
+    SPLITS,
+    VOCABULARY,
+    SceneTruth,
+    SynthConfig,
+    format_prompt,
+    synth_pope,
+)
 from vlmlens.data.objects import shape_mask
 from vlmlens.data.prompts import POPE_SUFFIX
 from vlmlens.zoo.errors import ZooError

@@ -18,7 +18,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, ProcessorMixin
 
-from vlmlens.data import PopeMetrics, SynthConfig, parse_yes_no, pope_metrics, synth_pope
+from vlmlens.data import (
+    PopeMetrics,
+    SynthConfig,
+    parse_yes_no,
+    pope_metrics,
+    synth_pope,
+)
 from vlmlens.data.pope import Split
 from vlmlens.zoo.data import prompt_text
 from vlmlens.zoo.errors import ZooError

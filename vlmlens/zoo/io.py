@@ -136,7 +136,7 @@ def resolve(name_or_path: str | Path) -> Path:
     Raises:
         ZooError: If it is neither a zoo name nor a folder (the message lists the names).
     """
-    from vlmlens.zoo.registry import ZOO, checkpoint_path  # noqa: PLC0415 - registry imports io
+    from vlmlens.zoo.registry import ZOO, checkpoint_path
 
     if isinstance(name_or_path, str) and name_or_path in ZOO:
         return checkpoint_path(name_or_path)

@@ -23,7 +23,6 @@ from transformers import (
     Qwen2VLProcessor,
     SiglipImageProcessorPil,
 )
-
 from transformers.utils import is_torchvision_available
 
 from vlmlens.zoo.errors import ZooError, check_family
@@ -122,7 +121,7 @@ def _qwen2_vl_processor(
     image_processor: Qwen2VLImageProcessorPil, tokenizer: PreTrainedTokenizerFast
 ) -> Qwen2VLProcessor:
     if is_torchvision_available():
-        from transformers.models.qwen2_vl.video_processing_qwen2_vl import (  # noqa: PLC0415
+        from transformers.models.qwen2_vl.video_processing_qwen2_vl import (
             Qwen2VLVideoProcessor,  # needs torchvision
         )
 

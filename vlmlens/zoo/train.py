@@ -13,8 +13,8 @@ import dataclasses
 import logging
 import platform
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,17 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from vlmlens.data import SynthConfig
-from vlmlens.zoo.configs import build_config, dims
+from vlmlens.zoo.configs import Size, build_config, dims
 from vlmlens.zoo.data import DataConfig, TrainSet, build_train_set, collate
 from vlmlens.zoo.errors import ZooError, check_family
 from vlmlens.zoo.io import save_processor, write_meta
 from vlmlens.zoo.models import MODEL_CLASSES
-from vlmlens.zoo.pretrain import PretrainResult, pretrain_vision_tower, tower_of, warmup_cosine
+from vlmlens.zoo.pretrain import (
+    PretrainResult,
+    pretrain_vision_tower,
+    tower_of,
+    warmup_cosine,
+)
 from vlmlens.zoo.processors import build_processor
 from vlmlens.zoo.tokenizer import Family
 
@@ -66,6 +71,8 @@ class Recipe:
             chance; the heads are discarded after training.
         aux_layer: Text layer whose output the deep-supervision heads read.
         qwen_min_size: Qwen2-VL only: smallest image side kept as is by the processor.
+        size: Model dimensions (:data:`vlmlens.zoo.configs.DIMS`): ``"toy"`` for the zoo,
+            ``"tiny"`` for quick tests of the training code.
     """
 
     steps: int
@@ -82,6 +89,7 @@ class Recipe:
     aux_weight: float = 0.0
     aux_layer: int = 2
     qwen_min_size: int = 32
+    size: Size = "toy"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "vision_pretrain_batch"):
@@ -253,10 +261,10 @@ def train(
 
 
 def _prepare(family: Family, r: Recipe, seed: int) -> tuple[Any, Any, TrainSet]:
-    d = dims("toy")
+    d = dims(r.size)
     image_size = r.qwen_min_size if family == "qwen2_vl" else d.image_size
     processor = build_processor(family, image_size=image_size, patch_size=d.patch_size)
-    config = build_config(family, "toy", tokenizer=processor.tokenizer)
+    config = build_config(family, r.size, tokenizer=processor.tokenizer)
     if family == "llava" and r.vision_feature_layer is not None:
         config.vision_feature_layer = r.vision_feature_layer
     if r.tie_word_embeddings is not None:
@@ -342,7 +350,7 @@ class _Sampler:
     def __init__(self, ts: TrainSet, batch_size: int, rates: dict[str, float], seed: int) -> None:
         self.rng = np.random.default_rng([seed, 17])
         self.pools = {k: np.array(ts.by_kind(k)) for k in ("qa", *rates)}
-        self.counts = {k: int(round(batch_size * r)) if len(self.pools[k]) else 0 for k, r in rates.items()}
+        self.counts = {k: round(batch_size * r) if len(self.pools[k]) else 0 for k, r in rates.items()}
         self.counts["qa"] = batch_size - sum(self.counts.values())
         self.orders = {k: self.rng.permutation(v) for k, v in self.pools.items()}
         self.pos = {k: 0 for k in self.pools}
