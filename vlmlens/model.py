@@ -136,6 +136,7 @@ class HookedVLM:
             device_map: passed to transformers (``"auto"`` shards over GPUs).
             **kwargs: passed to ``from_pretrained`` of the model class.
         """
+        import transformers
         from transformers import AutoConfig, AutoProcessor
 
         from vlmlens.zoo import registry
@@ -145,8 +146,6 @@ class HookedVLM:
         config = AutoConfig.from_pretrained(path)
         architecture = (config.architectures or [type(config).__name__])[0]
         adapter = get_adapter(architecture)
-        import transformers
-
         model_cls = getattr(transformers, adapter.architecture)
         load_kwargs: dict[str, Any] = {"attn_implementation": "eager", **kwargs}
         if dtype is not None:

@@ -193,8 +193,7 @@ def patch_residual(
     return PatchingResult(
         values=values, axes=("layer", "position"),
         labels=(tuple(s.layer for s in sites), _position_labels(model, clean, chosen)),
-        sites=tuple(sites), clean_metric=_scalar(metric(clean_logits, clean)),
-        corrupt_metric=_scalar(metric(model.forward(corrupt), corrupt)),
+        sites=tuple(sites), **_endpoints(model, clean, corrupt, clean_logits, metric),
     )
 
 
@@ -238,8 +237,7 @@ def patch_heads(
     values = _measure(model, corrupt, conditions, metric, chunk_size).view(len(sites), n_heads)
     return PatchingResult(
         values=values, axes=("layer", "head"), labels=(tuple(s.layer for s in sites), tuple(range(n_heads))),
-        sites=tuple(sites), clean_metric=_scalar(metric(clean_logits, clean)),
-        corrupt_metric=_scalar(metric(model.forward(corrupt), corrupt)),
+        sites=tuple(sites), **_endpoints(model, clean, corrupt, clean_logits, metric),
     )
 
 
@@ -281,8 +279,7 @@ def patch_neurons(
     values = _measure(model, corrupt, conditions, metric, chunk_size)
     return PatchingResult(
         values=values, axes=("neuron",), labels=(tuple(chosen),), sites=(site,),
-        clean_metric=_scalar(metric(clean_logits, clean)),
-        corrupt_metric=_scalar(metric(model.forward(corrupt), corrupt)),
+        **_endpoints(model, clean, corrupt, clean_logits, metric),
     )
 
 
@@ -343,8 +340,7 @@ def patch_image_patches(
         labels = (tuple(s.layer for s in sites), tuple(range(rows)), tuple(range(cols)))
     return PatchingResult(
         values=values, axes=axes, labels=labels, sites=tuple(sites),
-        clean_metric=_scalar(metric(clean_logits, clean)),
-        corrupt_metric=_scalar(metric(model.forward(corrupt), corrupt)),
+        **_endpoints(model, clean, corrupt, clean_logits, metric),
     )
 
 
@@ -355,6 +351,13 @@ def _id_list(ids: int | Sequence[int], name: str) -> list[int]:
         raise InputError(f"{name} must be a token id or a non-empty list of token ids, got {ids!r}; "
                          "get ids with model.tokenizer.convert_tokens_to_ids(...)")
     return out
+
+
+def _endpoints(model: Any, clean: Batch, corrupt: Batch, clean_logits: torch.Tensor,
+               metric: Metric) -> dict[str, float]:
+    """The metric on the clean run (logits already computed) and on the unpatched corrupt run."""
+    return {"clean_metric": _scalar(metric(clean_logits, clean)),
+            "corrupt_metric": _scalar(metric(model.forward(corrupt), corrupt))}
 
 
 def _scalar(value: Any) -> float:
