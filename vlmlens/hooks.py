@@ -21,6 +21,7 @@ hooks keep it causal by construction:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,7 @@ from torch.utils.hooks import RemovableHandle
 from vlmlens.adapters.base import Adapter, TowerSpec
 from vlmlens.sites import Point, Site, Tower
 
-__all__ = ["HookPoint", "InstalledHooks", "install", "attention_forward", "ATTN_IMPLEMENTATION"]
+__all__ = ["HookPoint", "InstalledHooks", "install", "input_hook", "attention_forward", "ATTN_IMPLEMENTATION"]
 
 ATTN_IMPLEMENTATION = "vlmlens"
 
@@ -111,12 +112,18 @@ def _output_hook(point: HookPoint):
     return hook
 
 
-def _input_hook(point: HookPoint):
+def input_hook(fn: Callable[[Any], Any], keys: tuple[str, ...] = ("hidden_states",)):
+    """A ``with_kwargs`` pre-hook passing a module's first input through ``fn``.
+
+    The first input is the first positional argument, else the first of ``keys``
+    present among the keyword arguments, else the first keyword argument.
+    """
+
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> Any:
         if args:
-            return (point(args[0]), *args[1:]), kwargs
-        key = "hidden_states" if "hidden_states" in kwargs else next(iter(kwargs))
-        return args, {**kwargs, key: point(kwargs[key])}
+            return (fn(args[0]), *args[1:]), kwargs
+        key = next((k for k in keys if k in kwargs), next(iter(kwargs)))
+        return args, {**kwargs, key: fn(kwargs[key])}
 
     return hook
 
@@ -164,7 +171,7 @@ def _install_tower(model: nn.Module, tower: Tower, spec: TowerSpec, cfg: Any, ho
         add(mlp_norm.register_forward_pre_hook(_mid_hook(pt[Point.RESID_MID], block)))
         add(mlp.register_forward_hook(_mlp_out_hook(pt[Point.MLP_OUT], block)))
         add(_get(mlp, b.mlp_in).register_forward_hook(_output_hook(pt[Point.MLP_PRE])))
-        add(_get(mlp, b.mlp_down).register_forward_pre_hook(_input_hook(pt[Point.MLP_POST]), with_kwargs=True))
+        add(_get(mlp, b.mlp_down).register_forward_pre_hook(input_hook(pt[Point.MLP_POST]), with_kwargs=True))
         add(o_proj.register_forward_pre_hook(_z_hook(pt[Point.Z], n_heads)))
         add(o_proj.register_forward_hook(_result_hook(pt[Point.RESULT], n_heads)))
         o_proj._vlmlens_result = False
@@ -183,7 +190,7 @@ def _install_tower(model: nn.Module, tower: Tower, spec: TowerSpec, cfg: Any, ho
 
 
 def _block_pre_hook(point: HookPoint, block: nn.Module):
-    inner = _input_hook(point)
+    inner = input_hook(point)
 
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> Any:
         block.__dict__.pop("_vlmlens_mid_delta", None)
@@ -264,7 +271,7 @@ def install(model: nn.Module, adapter: Adapter) -> tuple[InstalledHooks, int, in
     projector = _get(model, adapter.projector)
     p_in = _attach(projector, "hook_in", adapter.projector, hooks, Site(Tower.PROJECTOR, Point.PROJ_IN))
     p_out = _attach(projector, "hook_out", adapter.projector, hooks, Site(Tower.PROJECTOR, Point.PROJ_OUT))
-    hooks.handles.append(projector.register_forward_pre_hook(_input_hook(p_in), with_kwargs=True))
+    hooks.handles.append(projector.register_forward_pre_hook(input_hook(p_in), with_kwargs=True))
     hooks.handles.append(projector.register_forward_hook(_output_hook(p_out)))
     for sub in (getattr(cfg, adapter.text.config), getattr(cfg, adapter.vision.config), cfg):
         sub._attn_implementation = ATTN_IMPLEMENTATION

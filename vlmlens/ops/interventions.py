@@ -19,6 +19,7 @@ from typing import Any, Literal
 import torch
 
 from vlmlens.errors import InterventionError
+from vlmlens.hooks import input_hook
 from vlmlens.layout import TokenLayout
 from vlmlens.ops.positions import Positions, resolve_positions
 from vlmlens.sites import Point, Site, Tower
@@ -387,7 +388,7 @@ def applied(
         for target, fn in edits:
             if target == "pixels":
                 module = model.module(model.adapter.vision.embed)
-                handles.append(module.register_forward_pre_hook(_pixel_hook(fn), with_kwargs=True))
+                handles.append(module.register_forward_pre_hook(input_hook(fn, keys=("pixel_values", "hidden_states")), with_kwargs=True))
             else:
                 module = model.module(model.hook_path(target))
                 handles.append(module.register_forward_hook(lambda m, a, o, fn=fn: fn(o)))
@@ -399,16 +400,6 @@ def applied(
             handle.remove()
         if results:
             model._hooks.set_result(False)
-
-
-def _pixel_hook(fn: Callable[[torch.Tensor], torch.Tensor]):
-    def hook(module: Any, args: tuple, kwargs: dict) -> Any:
-        if args:
-            return (fn(args[0]), *args[1:]), kwargs
-        key = "pixel_values" if "pixel_values" in kwargs else "hidden_states"
-        return args, {**kwargs, key: fn(kwargs[key])}
-
-    return hook
 
 
 def run_with_interventions(model: Any, batch: Any, interventions: Sequence[Intervention]) -> torch.Tensor:
