@@ -12,11 +12,20 @@ hooks keep it causal by construction:
 * ``hook_resid_mid`` is the input of the MLP norm. A replacement ``x'`` of the
   residual ``x`` is carried past the block's own residual add by adding ``x' - x`` to
   the MLP output, so the block returns ``x' + mlp(norm(x'))``.
-* ``hook_result`` (each head's write into the residual) is computed only while result
-  hooks are switched on; the attention output is then rebuilt as the sum over heads
-  (plus bias), so edits to single heads propagate.
+* ``hook_result`` (each head's write into the residual) is computed only for the
+  layers the running call requests (:meth:`vlmlens.context.CallStack.requesting_results`);
+  when a head is edited the attention output is rebuilt as the sum over heads (plus
+  bias), so edits to single heads propagate.
 * ``hook_q/k/v/pattern`` live inside :func:`attention_forward`, registered with
-  transformers' ``AttentionInterface`` under the name ``"vlmlens"``.
+  transformers' ``AttentionInterface`` under the name ``"vlmlens"``. With a KV cache,
+  ``hook_k``/``hook_v`` fire as the new keys and values enter the cache, so an edit made
+  at the prompt is what every later decoding step reads. They fire in the order k, v, q.
+* A tower without a batch axis (Qwen2-VL's ViT packs all patches of all images into one
+  sequence) is shown to hooks with a leading axis of size 1: ``1 patch ...``, and so is
+  its projector (the patch merger).
+  Its attention runs once per image, so its q/k/v/pattern hooks fire once per image.
+* The language model's pre-hook records the :class:`vlmlens.context.Step` of each
+  forward (prompt or decoding step); nothing is written onto Hugging Face modules.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from vlmlens.adapters.base import Adapter, TowerSpec
+from vlmlens.context import CallStack, Step
+from vlmlens.errors import InputError
 from vlmlens.sites import Point, Site, Tower
 
 __all__ = ["HookPoint", "InstalledHooks", "install", "input_hook", "attention_forward", "ATTN_IMPLEMENTATION"]
@@ -62,28 +73,34 @@ class HookPoint(nn.Module):
 
 @dataclass
 class InstalledHooks:
-    """What :func:`install` did to a model.
+    """What :func:`install` did to a model, and how to undo it.
 
     Attributes:
         paths: dotted path (from the model root) of each site's hook module.
         handles: the PyTorch hook handles, removed by :meth:`remove`.
-        result_modules: output projections whose per-head result hooks can be switched on.
+        stack: the per-call context (calls, text steps, per-head result requests) the hooks read.
+        attn_implementations: each config's attention implementation before installation.
     """
 
     paths: dict[Site, str] = field(default_factory=dict)
     handles: list[RemovableHandle] = field(default_factory=list)
-    result_modules: dict[tuple[Tower, int], nn.Module] = field(default_factory=dict)
+    stack: CallStack = field(default_factory=CallStack)
+    attn_implementations: list[tuple[Any, Any]] = field(default_factory=list)
 
-    def set_result(self, enabled: bool, layers: set[tuple[Tower, int]] | None = None) -> None:
-        """Switch per-head result computation on or off (all layers, or the given ones)."""
-        for key, module in self.result_modules.items():
-            module._vlmlens_result = enabled and (layers is None or key in layers)
-
-    def remove(self) -> None:
-        """Remove every PyTorch hook (the HookPoint children stay, inert)."""
+    def remove(self, model: nn.Module) -> None:
+        """Remove every PyTorch hook and HookPoint child and restore the attention setting."""
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
+        for path in self.paths.values():
+            parent, _, name = path.rpartition(".")
+            owner = _get(model, parent)
+            if name in owner._modules:
+                del owner._modules[name]
+        self.paths.clear()
+        for cfg, value in self.attn_implementations:
+            cfg._attn_implementation = value
+        self.attn_implementations.clear()
 
 
 def _get(root: nn.Module, path: str) -> nn.Module:
@@ -103,13 +120,6 @@ def _first(output: Any) -> torch.Tensor:
 
 def _replace_first(output: Any, value: torch.Tensor) -> Any:
     return (value, *output[1:]) if isinstance(output, tuple) else value
-
-
-def _output_hook(point: HookPoint):
-    def hook(module: nn.Module, args: Any, output: Any) -> Any:
-        return _replace_first(output, point(_first(output)))
-
-    return hook
 
 
 def input_hook(fn: Callable[[Any], Any], keys: tuple[str, ...] = ("hidden_states",)):
@@ -137,86 +147,174 @@ def _kwarg_hook(point: HookPoint, name: str):
     return hook
 
 
+def _parent_path(path: str) -> str:
+    return path.rpartition(".")[0]
+
+
 def _install_tower(model: nn.Module, tower: Tower, spec: TowerSpec, cfg: Any, hooks: InstalledHooks) -> int:
     b = spec.block
     n_heads = getattr(cfg, spec.n_heads)
     layers = _get(model, spec.layers)
+    packed = not spec.batched
+    if tower is Tower.TEXT:  # first, so that every later hook of the language model sees this forward's step
+        body = _get(model, _parent_path(spec.layers))
+        hooks.handles.append(body.register_forward_pre_hook(_step_enter(hooks.stack), with_kwargs=True))
+        hooks.handles.append(body.register_forward_hook(_step_exit(hooks.stack), always_call=True))
     for index, block in enumerate(layers):
         prefix = f"{spec.layers}.{index}"
         attn, mlp = _get(block, b.attn), _get(block, b.mlp)
         o_proj, mlp_norm = _get(attn, b.o_proj), _get(block, b.mlp_norm)
-        paths = {
-            Point.RESID_PRE: (block, prefix),
-            Point.RESID_MID: (block, prefix),
-            Point.RESID_POST: (block, prefix),
-            Point.ATTN_OUT: (block, prefix),
-            Point.MLP_OUT: (block, prefix),
-            Point.Q: (attn, f"{prefix}.{b.attn}"),
-            Point.K: (attn, f"{prefix}.{b.attn}"),
-            Point.V: (attn, f"{prefix}.{b.attn}"),
-            Point.PATTERN: (attn, f"{prefix}.{b.attn}"),
-            Point.Z: (attn, f"{prefix}.{b.attn}"),
-            Point.RESULT: (attn, f"{prefix}.{b.attn}"),
-            Point.MLP_PRE: (mlp, f"{prefix}.{b.mlp}"),
-            Point.MLP_POST: (mlp, f"{prefix}.{b.mlp}"),
-        }
+        parents = {point: (attn, f"{prefix}.{b.attn}") for point in (
+            Point.Q, Point.K, Point.V, Point.PATTERN, Point.Z, Point.RESULT)}
+        parents |= {point: (block, prefix) for point in (
+            Point.RESID_PRE, Point.RESID_MID, Point.RESID_POST, Point.ATTN_OUT, Point.MLP_OUT)}
+        parents |= {point: (mlp, f"{prefix}.{b.mlp}") for point in (Point.MLP_PRE, Point.MLP_POST)}
         pt = {
             point: _attach(parent, _MODULE_NAME[point], path, hooks, Site(tower, point, index))
-            for point, (parent, path) in paths.items()
+            for point, (parent, path) in parents.items()
         }
+        attn_out = _get(block, b.attn_out_norm) if b.attn_out_norm else attn
+        mlp_out = _get(block, b.mlp_out_norm) if b.mlp_out_norm else mlp
+        mid: dict[str, torch.Tensor] = {}  # this block's pending resid_mid edit, within one forward
         add = hooks.handles.append
-        add(block.register_forward_pre_hook(_block_pre_hook(pt[Point.RESID_PRE], block), with_kwargs=True))
-        add(block.register_forward_hook(_output_hook(pt[Point.RESID_POST])))
-        add(attn.register_forward_hook(_output_hook(pt[Point.ATTN_OUT])))
-        add(mlp_norm.register_forward_pre_hook(_mid_hook(pt[Point.RESID_MID], block)))
-        add(mlp.register_forward_hook(_mlp_out_hook(pt[Point.MLP_OUT], block)))
-        add(_get(mlp, b.mlp_in).register_forward_hook(_output_hook(pt[Point.MLP_PRE])))
-        add(_get(mlp, b.mlp_down).register_forward_pre_hook(input_hook(pt[Point.MLP_POST]), with_kwargs=True))
-        add(o_proj.register_forward_pre_hook(_z_hook(pt[Point.Z], n_heads)))
-        add(o_proj.register_forward_hook(_result_hook(pt[Point.RESULT], n_heads)))
-        o_proj._vlmlens_result = False
-        hooks.result_modules[(tower, index)] = o_proj
+        add(block.register_forward_pre_hook(_block_pre_hook(pt[Point.RESID_PRE], mid, packed), with_kwargs=True))
+        add(block.register_forward_hook(_output_hook(pt[Point.RESID_POST], packed)))
+        add(attn_out.register_forward_hook(_output_hook(pt[Point.ATTN_OUT], packed)))
+        add(mlp_norm.register_forward_pre_hook(_mid_hook(pt[Point.RESID_MID], mid, packed)))
+        add(mlp_out.register_forward_hook(_mlp_out_hook(pt[Point.MLP_OUT], mid, packed)))
+        add(_get(mlp, b.mlp_in).register_forward_hook(_output_hook(pt[Point.MLP_PRE], packed)))
+        add(_get(mlp, b.mlp_down).register_forward_pre_hook(input_hook(_packed(pt[Point.MLP_POST], packed)),
+                                                            with_kwargs=True))
+        add(o_proj.register_forward_pre_hook(_z_hook(pt[Point.Z], n_heads, packed)))
+        add(o_proj.register_forward_hook(_result_hook(pt[Point.RESULT], n_heads, packed, hooks.stack, (tower, index))))
+        if tower is Tower.TEXT:
+            add(attn.register_forward_pre_hook(_cache_hook(attn), with_kwargs=True))
     embed = _get(model, spec.embed)
     point = _attach(embed, "hook_embed", spec.embed, hooks, Site(tower, Point.EMBED))
     if spec.embed_from == "output":
-        hooks.handles.append(embed.register_forward_hook(_output_hook(point)))
+        hooks.handles.append(embed.register_forward_hook(_output_hook(point, packed)))
     else:
         hooks.handles.append(embed.register_forward_pre_hook(_kwarg_hook(point, spec.embed_from), with_kwargs=True))
     if spec.final_norm is not None:
         norm = _get(model, spec.final_norm)
         point = _attach(norm, "hook_normalized", spec.final_norm, hooks, Site(tower, Point.LN_FINAL))
-        hooks.handles.append(norm.register_forward_hook(_output_hook(point)))
+        hooks.handles.append(norm.register_forward_hook(_output_hook(point, packed)))
     return len(layers)
 
 
-def _block_pre_hook(point: HookPoint, block: nn.Module):
-    inner = input_hook(point)
+def _packed(point: HookPoint, packed: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``point`` as a function; for a tower without a batch axis it sees ``1 patch ...``."""
+    if not packed:
+        return point
+
+    def call(x: torch.Tensor) -> torch.Tensor:
+        view = x[None]
+        new = point(view)
+        return x if new is view else new[0]
+
+    return call
+
+
+def _output_hook(point: HookPoint, packed: bool = False):
+    fn = _packed(point, packed)
+
+    def hook(module: nn.Module, args: Any, output: Any) -> Any:
+        return _replace_first(output, fn(_first(output)))
+
+    return hook
+
+
+def _cache(kwargs: dict) -> tuple[str | None, Any]:
+    for key in ("cache", "past_key_values"):
+        if kwargs.get(key) is not None:
+            return key, kwargs[key]
+    return None, None
+
+
+def _step_enter(stack: CallStack):
+    """The language model's pre-hook: push the :class:`Step` this forward covers."""
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        embeds = kwargs.get("inputs_embeds")
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        length = (embeds if embeds is not None else ids).shape[1]
+        stack.steps.append(Step.from_cache(_cache(kwargs)[1], length))
+
+    return hook
+
+
+def _step_exit(stack: CallStack):
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        if stack.steps:
+            stack.steps.pop()
+
+    return hook
+
+
+class _HookedCache:
+    """A KV cache seen by one attention module: new keys and values pass ``hook_k``/``hook_v``
+    before they are stored, so an edit at the prompt persists into every decoding step."""
+
+    def __init__(self, cache: Any, attn: nn.Module) -> None:
+        self._cache, self._attn = cache, attn
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        key_states = self._attn.hook_k(key_states.transpose(1, 2)).transpose(1, 2)
+        value_states = self._attn.hook_v(value_states.transpose(1, 2)).transpose(1, 2)
+        return self._cache.update(key_states, value_states, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cache, name)
+
+
+KV_HOOKED = "vlmlens_kv_hooked"
+"""Keyword that tells :func:`attention_forward` that k and v already passed their hooks."""
+
+
+def _cache_hook(attn: nn.Module):
+    """Route a text attention module's KV cache through its k/v hook points for one call."""
 
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> Any:
-        block.__dict__.pop("_vlmlens_mid_delta", None)
+        key, cache = _cache(kwargs)
+        if cache is None:
+            return None
+        return args, {**kwargs, key: _HookedCache(cache, attn), KV_HOOKED: True}
+
+    return hook
+
+
+def _block_pre_hook(point: HookPoint, mid: dict, packed: bool):
+    inner = input_hook(_packed(point, packed))
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+        mid.clear()
         return inner(module, args, kwargs)
 
     return hook
 
 
-def _mid_hook(point: HookPoint, block: nn.Module):
+def _mid_hook(point: HookPoint, mid: dict, packed: bool):
+    fn = _packed(point, packed)
+
     def hook(module: nn.Module, args: tuple) -> Any:
         x = args[0]
-        new = point(x)
+        new = fn(x)
+        mid.clear()
         if new is x:
-            block.__dict__.pop("_vlmlens_mid_delta", None)
             return None
         # The block adds its own copy of the old residual after the MLP; carry the edit past it.
-        block.__dict__["_vlmlens_mid_delta"] = new - x
+        mid["delta"] = new - x
         return (new, *args[1:])
 
     return hook
 
 
-def _mlp_out_hook(point: HookPoint, block: nn.Module):
+def _mlp_out_hook(point: HookPoint, mid: dict, packed: bool):
+    fn = _packed(point, packed)
+
     def hook(module: nn.Module, args: Any, output: Any) -> Any:
-        out = point(_first(output))
-        delta = block.__dict__.pop("_vlmlens_mid_delta", None)
+        out = fn(_first(output))
+        delta = mid.pop("delta", None)
         if delta is not None:
             out = out + delta
         return _replace_first(output, out)
@@ -224,33 +322,39 @@ def _mlp_out_hook(point: HookPoint, block: nn.Module):
     return hook
 
 
-def _z_hook(point: HookPoint, n_heads: int):
+def _z_hook(point: HookPoint, n_heads: int, packed: bool):
     def hook(module: nn.Module, args: tuple) -> Any:
         z = args[0]
         heads = z.unflatten(-1, (n_heads, -1))
-        new = point(heads)
-        if new is heads:
+        view = heads[None] if packed else heads
+        new = point(view)
+        if new is view:
             return None
-        return (new.flatten(-2), *args[1:])
+        return ((new[0] if packed else new).flatten(-2), *args[1:])
 
     return hook
 
 
-def _result_hook(point: HookPoint, n_heads: int):
+def _result_hook(point: HookPoint, n_heads: int, packed: bool, stack: CallStack, key: tuple[Tower, int]):
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> Any:
-        if not getattr(module, "_vlmlens_result", False):
+        if not stack.results.get(key):
             return None
         z = args[0].unflatten(-1, (n_heads, -1))
         weight = module.weight.unflatten(1, (n_heads, -1))  # d_model head d_head
         result = torch.einsum("...hd,mhd->...hm", z, weight)
+        view = result[None] if packed else result
         version = result._version
-        edited = point(result)
-        if edited is result and result._version == version:
+        edited = point(view)
+        if edited is view and result._version == version:
             return None  # unedited: keep the fused projection's exact output
-        out = edited.sum(-2)
+        out = (edited[0] if packed else edited).sum(-2)
         return out + module.bias if module.bias is not None else out
 
     return hook
+
+
+def _installed(model: nn.Module) -> bool:
+    return any(isinstance(m, HookPoint) for m in model.modules())
 
 
 def install(model: nn.Module, adapter: Adapter) -> tuple[InstalledHooks, int, int]:
@@ -262,18 +366,30 @@ def install(model: nn.Module, adapter: Adapter) -> tuple[InstalledHooks, int, in
 
     Returns:
         The installation record, the number of text layers and of vision layers.
+
+    Raises:
+        InputError: the model already carries vlmlens hook points (it is wrapped by
+            another HookedVLM); call ``unwrap()`` on that one first, or reuse it.
     """
+    if _installed(model):
+        raise InputError(
+            f"this {type(model).__name__} is already wrapped by a HookedVLM (it carries vlmlens hook points); "
+            "reuse that HookedVLM, or call its unwrap() to restore the plain model before wrapping it again"
+        )
     _register_attention()
     hooks = InstalledHooks()
     cfg = model.config
-    n_text = _install_tower(model, Tower.TEXT, adapter.text, getattr(cfg, adapter.text.config), hooks)
-    n_vision = _install_tower(model, Tower.VISION, adapter.vision, getattr(cfg, adapter.vision.config), hooks)
+    text_cfg, vision_cfg = getattr(cfg, adapter.text.config), getattr(cfg, adapter.vision.config)
+    n_text = _install_tower(model, Tower.TEXT, adapter.text, text_cfg, hooks)
+    n_vision = _install_tower(model, Tower.VISION, adapter.vision, vision_cfg, hooks)
     projector = _get(model, adapter.projector)
     p_in = _attach(projector, "hook_in", adapter.projector, hooks, Site(Tower.PROJECTOR, Point.PROJ_IN))
     p_out = _attach(projector, "hook_out", adapter.projector, hooks, Site(Tower.PROJECTOR, Point.PROJ_OUT))
-    hooks.handles.append(projector.register_forward_pre_hook(input_hook(p_in), with_kwargs=True))
-    hooks.handles.append(projector.register_forward_hook(_output_hook(p_out)))
-    for sub in (getattr(cfg, adapter.text.config), getattr(cfg, adapter.vision.config), cfg):
+    packed = not adapter.vision.batched
+    hooks.handles.append(projector.register_forward_pre_hook(input_hook(_packed(p_in, packed)), with_kwargs=True))
+    hooks.handles.append(projector.register_forward_hook(_output_hook(p_out, packed)))
+    for sub in (text_cfg, vision_cfg, cfg):
+        hooks.attn_implementations.append((sub, sub._attn_implementation))
         sub._attn_implementation = ATTN_IMPLEMENTATION
     return hooks, n_text, n_vision
 
@@ -291,31 +407,40 @@ def attention_forward(
     key: torch.Tensor,
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    scaling: float,
+    scaling: float | None = None,
     dropout: float = 0.0,
+    softcap: float | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eager attention with q, k, v and the pattern routed through hook points.
 
-    The arithmetic is transformers' eager attention, step for step, so results match
+    The arithmetic is transformers' eager attention, step for step (with Gemma-2's
+    logit soft-capping when ``softcap`` is given), so results match
     ``attn_implementation="eager"`` exactly. q/k/v hooks see ``batch seq head d_head``
-    (after rotary embeddings, before key/value heads are repeated for GQA); the
-    pattern hook sees ``batch head q_seq k_seq`` after softmax.
+    (after rotary embeddings, before key/value heads are repeated for GQA); where a KV
+    cache is in use, k and v already passed their hooks on the way into the cache
+    (see ``_HookedCache``), so they cover this forward's new positions only. The pattern
+    hook sees ``batch head q_seq k_seq`` after softmax.
     """
-    q_hook = getattr(module, "hook_q", None)
-    if q_hook is not None:
-        query = q_hook(query.transpose(1, 2)).transpose(1, 2)
-        key = module.hook_k(key.transpose(1, 2)).transpose(1, 2)
-        value = module.hook_v(value.transpose(1, 2)).transpose(1, 2)
+    if scaling is None:
+        scaling = module.head_dim**-0.5
+    hooked = getattr(module, "hook_q", None) is not None
+    if hooked:
+        if not kwargs.get(KV_HOOKED):
+            key = module.hook_k(key.transpose(1, 2)).transpose(1, 2)
+            value = module.hook_v(value.transpose(1, 2)).transpose(1, 2)
+        query = module.hook_q(query.transpose(1, 2)).transpose(1, 2)
     groups = getattr(module, "num_key_value_groups", 1)
     key_states = _repeat_kv(key, groups)
     value_states = _repeat_kv(value, groups)
     weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling
+    if softcap is not None:
+        weights = torch.tanh(weights / softcap) * softcap
     if attention_mask is not None:
         weights = weights + attention_mask
     weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
-    if q_hook is not None:
+    if hooked:
         weights = module.hook_pattern(weights)
     output = torch.matmul(weights, value_states)
     return output.transpose(1, 2).contiguous(), weights

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +25,7 @@ from torch import nn
 
 from vlmlens.adapters import Adapter, get_adapter
 from vlmlens.errors import InputError, SiteCheckError, SiteNotFoundError
+from vlmlens.context import Call
 from vlmlens.hooks import InstalledHooks, install
 from vlmlens.inputs import Batch, prepare_batch
 from vlmlens.sites import BLOCK_POINTS, Point, Site, Tower, as_point, site_names
@@ -96,8 +97,9 @@ class HookedVLM:
         nn: the nnsight wrapper of ``hf_model``.
     """
 
-    def __init__(self, hf_model: nn.Module, processor: Any, *, check: bool = True) -> None:
-        self.adapter: Adapter = get_adapter(type(hf_model).__name__)
+    def __init__(self, hf_model: nn.Module, processor: Any, *, check: bool = True,
+                 adapter: Adapter | None = None) -> None:
+        self.adapter: Adapter = adapter or get_adapter(type(hf_model).__name__, _text_model_type(hf_model.config))
         self.hf_model = hf_model.eval()
         self.processor = processor
         self._hooks: InstalledHooks
@@ -109,13 +111,25 @@ class HookedVLM:
         self.vision = TowerAccessor(self, Tower.VISION)
         self.projector = TowerAccessor(self, Tower.PROJECTOR)
         if check:
-            self.check_sites()
+            try:
+                self.check_sites()
+            except Exception:
+                self.unwrap()  # leave the caller's model as it was
+                raise
 
     # ---------------------------------------------------------------- loading
     @classmethod
-    def from_hf(cls, hf_model: nn.Module, processor: Any, *, check: bool = True) -> HookedVLM:
-        """Wrap an already loaded transformers model and its processor."""
-        return cls(hf_model, processor, check=check)
+    def from_hf(cls, hf_model: nn.Module, processor: Any, *, check: bool = True,
+                adapter: Adapter | None = None) -> HookedVLM:
+        """Wrap an already loaded transformers model and its processor.
+
+        Args:
+            hf_model: a supported ``...ForConditionalGeneration`` model.
+            processor: its processor.
+            check: run the load-time site check (:meth:`check_sites`).
+            adapter: a family adapter to use instead of the registered one (for new families).
+        """
+        return cls(hf_model, processor, check=check, adapter=adapter)
 
     @classmethod
     def from_pretrained(
@@ -145,7 +159,7 @@ class HookedVLM:
         path = registry.checkpoint_path(name) if name in registry.ZOO else name
         config = AutoConfig.from_pretrained(path)
         architecture = (config.architectures or [type(config).__name__])[0]
-        adapter = get_adapter(architecture)
+        adapter = get_adapter(architecture, _text_model_type(config))
         model_cls = getattr(transformers, adapter.architecture)
         load_kwargs: dict[str, Any] = {"attn_implementation": "eager", **kwargs}
         if dtype is not None:
@@ -211,13 +225,16 @@ class HookedVLM:
             tower: ``"text"`` or ``"vision"``.
             layer: block index.
             part: ``attn``, ``attn_norm``, ``mlp``, ``mlp_norm``, ``mlp_in`` (gate / fc1),
-                ``mlp_down`` (down / fc2) or ``o_proj``.
+                ``mlp_down`` (down / fc2), ``o_proj``, and where the block has them
+                ``attn_out_norm`` / ``mlp_out_norm`` (Gemma-2's norms after each branch).
         """
         tower = Tower(tower)
         spec = self.adapter.text if tower is Tower.TEXT else self.adapter.vision
         b = spec.block
         paths = {"attn": b.attn, "attn_norm": b.attn_norm, "mlp": b.mlp, "mlp_norm": b.mlp_norm,
                  "mlp_in": f"{b.mlp}.{b.mlp_in}", "mlp_down": f"{b.mlp}.{b.mlp_down}", "o_proj": f"{b.attn}.{b.o_proj}"}
+        paths |= {name: path for name, path in (("attn_out_norm", b.attn_out_norm), ("mlp_out_norm", b.mlp_out_norm))
+                  if path is not None}
         if part not in paths:
             raise SiteNotFoundError(f"unknown block part {part!r}; valid parts: {', '.join(paths)}")
         return self.module(f"{spec.layers}.{self._layer(tower, layer)}.{paths[part]}")
@@ -273,17 +290,42 @@ class HookedVLM:
         return envoy
 
     @contextlib.contextmanager
-    def result_hooks(self, layers: set[tuple[Tower, int]] | None = None) -> Iterator[None]:
+    def result_hooks(self, layers: Iterable[tuple[Tower, int]] | None = None) -> Iterator[None]:
         """Compute per-head ``attn.hook_result`` while inside (all layers, or the given ones).
 
-        Per-head results cost ``batch seq head d_model`` memory, so they are off by default;
-        the attention output is rebuilt from them while on (equal up to float rounding).
+        Per-head results cost ``batch seq head d_model`` memory, so they are computed only
+        for layers some active call requests. Requests nest: an inner context adds layers
+        and leaves the outer ones on when it exits.
         """
-        self._hooks.set_result(True, layers)
-        try:
+        if layers is None:
+            layers = [(tower, layer) for tower, n in ((Tower.TEXT, self.n_layers), (Tower.VISION, self.n_vision_layers))
+                      for layer in range(n)]
+        with self._hooks.stack.requesting_results(layers):
             yield
-        finally:
-            self._hooks.set_result(False)
+
+    def unwrap(self) -> nn.Module:
+        """Remove every vlmlens hook and hook point and return the plain transformers model.
+
+        The model's attention implementation is restored to what it was before wrapping.
+        This HookedVLM cannot be used afterwards.
+        """
+        self._hooks.remove(self.hf_model)
+        self._sites = []
+        self._order = {}
+        return self.hf_model
+
+    @property
+    def unused_vision_layers(self) -> tuple[int, ...]:
+        """Vision blocks whose output never reaches the language model (LLaVA reads layer -2).
+
+        Editing them changes nothing downstream; interventions there log a warning.
+        """
+        attr = self.adapter.vision_feature_layer_attr
+        feature = getattr(self.hf_model.config, attr, None) if attr else None
+        if not isinstance(feature, int):
+            return ()
+        last = feature % (self.n_vision_layers + 1)  # hidden_states has n + 1 entries (embeddings first)
+        return tuple(range(last, self.n_vision_layers))
 
     def hooks(self, interventions: Sequence[Any], batch: Batch | None = None) -> contextlib.AbstractContextManager:
         """A context manager applying interventions to every forward inside it.
@@ -372,12 +414,13 @@ class HookedVLM:
             "output_scores": True,
             "pad_token_id": self.tokenizer.pad_token_id,
         }
-        if do_sample:
-            kwargs.update(temperature=temperature, top_p=top_p)
+        if do_sample:  # top_k=0: no hidden top-50 truncation (transformers' default); only what is asked
+            kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         layout = batch.layout if isinstance(batch, Batch) else None
-        with applied(self, interventions, layout, generation=True), torch.no_grad():
+        call = Call(copies=num_return_sequences, order="sample")
+        with self._hooks.stack.entered(call), applied(self, interventions, layout), torch.no_grad():
             out = self.hf_model.generate(**inputs, **kwargs)
         prompt_len = inputs["input_ids"].shape[1]
         new = out.sequences[:, prompt_len:]
@@ -388,44 +431,24 @@ class HookedVLM:
 
     # ---------------------------------------------------------------- checks
     def check_sites(self) -> None:
-        """Run one dummy forward and confirm every declared site fires with a sane shape.
+        """Run one dummy forward; confirm every site fires and computes what its name says.
+
+        See :func:`vlmlens.checks.check_sites`.
 
         Raises:
-            SiteCheckError: a site never fired (it would capture nothing) or has a wrong shape.
+            SiteCheckError: a site never fired, has a wrong shape, or breaks a residual identity.
         """
-        from PIL import Image
+        from vlmlens.checks import check_sites
 
-        seen: dict[Site, tuple[int, ...]] = {}
-        handles = []
-        for site, path in self._hooks.paths.items():
-            def record(module: nn.Module, args: Any, output: Any, site: Site = site) -> None:
-                seen.setdefault(site, tuple(output.shape))
-            handles.append(self.module(path).register_forward_hook(record))
-        size = getattr(self.vision_config, "image_size", 56)
-        try:
-            batch = self.prepare([Image.new("RGB", (size, size), (128, 128, 128))], ["Is there a cat in the image?"])
-            with self.result_hooks():
-                self.forward(batch)
-        finally:
-            for handle in handles:
-                handle.remove()
-        missing = [str(s) for s in self._sites if s not in seen]
-        if missing:
-            raise SiteCheckError(
-                f"{len(missing)} declared site(s) never fired in a dummy forward, so they would capture nothing: "
-                f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}. The adapter for "
-                f"{self.adapter.architecture} does not match this model's modules."
-            )
-        d_model = self.d_model
-        for site in (Site(Tower.TEXT, Point.RESID_POST, 0), Site(Tower.TEXT, Point.LN_FINAL)):
-            if seen[site][-1] != d_model:
-                raise SiteCheckError(f"{site} has width {seen[site][-1]}, expected d_model={d_model}")
-        pattern = seen[Site(Tower.TEXT, Point.PATTERN, 0)]
-        if pattern[1] != self.n_heads or pattern[2] != pattern[3]:
-            raise SiteCheckError(f"text attention pattern has shape {pattern}, expected (batch, {self.n_heads}, seq, seq)")
+        check_sites(self)
 
     def __repr__(self) -> str:
         return (
             f"HookedVLM({self.adapter.architecture}, text layers={self.n_layers}, "
             f"vision layers={self.n_vision_layers}, d_model={self.d_model}, heads={self.n_heads})"
         )
+
+
+def _text_model_type(config: Any) -> str | None:
+    text = getattr(config, "text_config", None)
+    return getattr(text, "model_type", None)

@@ -94,9 +94,9 @@ _POINT_OF_SHORT: dict[str, Point] = {short: point for point, short in _SHORT_OF.
 
 BLOCK_POINTS: tuple[Point, ...] = (
     Point.RESID_PRE,
-    Point.Q,
     Point.K,
     Point.V,
+    Point.Q,
     Point.PATTERN,
     Point.Z,
     Point.RESULT,
@@ -107,7 +107,7 @@ BLOCK_POINTS: tuple[Point, ...] = (
     Point.MLP_OUT,
     Point.RESID_POST,
 )
-"""Per-layer points, in the order they are computed inside a block."""
+"""Per-layer points, in the order they are computed inside a block (k and v enter the KV cache before q is used)."""
 
 HEAD_POINTS: frozenset[Point] = frozenset({Point.Q, Point.K, Point.V, Point.Z, Point.RESULT})
 """Points with a head axis: ``batch seq head d_head`` (``result``: ``batch seq head d_model``)."""

@@ -17,7 +17,8 @@ __all__ = ["BlockSpec", "TowerSpec", "Adapter"]
 class BlockSpec:
     """Module names inside one pre-norm transformer block (relative to the block).
 
-    Every supported block computes ``x + attn(attn_norm(x))`` then ``h + mlp(mlp_norm(h))``.
+    Every supported block computes ``h = x + attn(attn_norm(x))`` then ``h + mlp(mlp_norm(h))``,
+    optionally with a norm on each branch's output before the add (``attn_out_norm``, ``mlp_out_norm``).
 
     Attributes:
         attn: the attention module.
@@ -28,6 +29,9 @@ class BlockSpec:
         mlp_down: module inside ``mlp`` whose input is ``mlp.hook_post`` (down / fc2).
         o_proj: module inside ``attn`` whose input is ``attn.hook_z``.
         attn_returns_tuple: whether ``attn`` returns ``(output, weights)``.
+        attn_out_norm: a norm applied to the attention output before the residual add
+            (Gemma-2's sandwich norm), whose output is ``hook_attn_out``; ``None``: none.
+        mlp_out_norm: the same after the MLP (its output is ``hook_mlp_out``).
     """
 
     attn: str
@@ -38,6 +42,8 @@ class BlockSpec:
     mlp_down: str
     o_proj: str
     attn_returns_tuple: bool = True
+    attn_out_norm: str | None = None
+    mlp_out_norm: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +89,11 @@ class Adapter:
         image_token_attr: attribute of the model config holding the image-token id.
         merge: patches merged into one image token per side (2 for Qwen2-VL's merger).
         prefix_lm: whether image + prompt attend bidirectionally (PaliGemma).
+        text_model_type: for a variant of an architecture, the language model's
+            ``model_type`` it applies to (``None``: the architecture's base adapter).
+        vision_feature_layer_attr: attribute of the model config naming the vision layer
+            whose output the projector reads (LLaVA's ``vision_feature_layer``, -2 by
+            default); later vision blocks never reach the language model.
     """
 
     family: str
@@ -94,4 +105,6 @@ class Adapter:
     image_token_attr: str
     merge: int = 1
     prefix_lm: bool = False
+    text_model_type: str | None = None
+    vision_feature_layer_attr: str | None = None
     extra: dict[str, str] = field(default_factory=dict)

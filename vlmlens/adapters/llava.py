@@ -45,4 +45,5 @@ ADAPTER = Adapter(
     projector="model.multi_modal_projector",
     lm_head="lm_head",
     image_token_attr="image_token_id",
+    vision_feature_layer_attr="vision_feature_layer",
 )

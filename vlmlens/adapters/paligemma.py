@@ -12,3 +12,18 @@ ADAPTER = replace(
     architecture="PaliGemmaForConditionalGeneration",
     prefix_lm=True,
 )
+
+# PaliGemma-2 keeps the class but its language model is Gemma-2: a sandwich-norm block
+# (a norm on each branch's output before the residual add) and soft-capped attention
+# logits (handled by vlmlens's attention function).
+GEMMA2_BLOCK = replace(
+    LLAVA.text.block,
+    mlp_norm="pre_feedforward_layernorm",
+    attn_out_norm="post_attention_layernorm",
+    mlp_out_norm="post_feedforward_layernorm",
+)
+PALIGEMMA2 = replace(
+    ADAPTER,
+    text_model_type="gemma2",
+    text=replace(ADAPTER.text, block=GEMMA2_BLOCK),
+)

@@ -12,7 +12,7 @@ from vlmlens.ops.interventions import (
     applied,
     run_with_interventions,
 )
-from vlmlens.ops.means import mean_activation, top_patches
+from vlmlens.ops.means import RoleMean, mean_activation, top_patches
 from vlmlens.ops.patching import (
     Metric,
     PatchingResult,
@@ -39,6 +39,7 @@ __all__ = [
     "applied",
     "run_with_interventions",
     "mean_activation",
+    "RoleMean",
     "top_patches",
     "sweep",
     "repeat_batch",

@@ -125,11 +125,15 @@ def run_with_cache(
         sites: which sites (default all; see :data:`SiteSpec`).
         positions: which text positions to keep, selected before anything is copied
             (``"last"`` keeps one vector per sample). Vision and projector sites are kept whole.
+            Qwen2-VL's vision q/k/v/pattern (computed once per image) are stacked per image,
+            ``image patch head d_head`` and ``image head patch patch``, zero-padded.
         device: where cached tensors go (``None``: leave them where they are).
         interventions: applied during the same forward (see :mod:`vlmlens.ops.interventions`).
 
     Returns:
-        Logits ``batch seq vocab`` (on ``device``) and the cache.
+        Logits ``batch seq vocab`` (on ``device``) and the cache. With interventions, each
+        site holds the value the model actually used: the edited value at an edited site
+        and the values downstream of it.
     """
     from vlmlens.ops.interventions import applied
 
@@ -137,29 +141,27 @@ def run_with_cache(
     layout = batch.layout if isinstance(batch, Batch) else None
     mask = resolve_positions(positions, layout, model._inputs(batch)["input_ids"].shape[1])
     results = {(s.tower, s.layer) for s in chosen if s.point is Point.RESULT}
-    chunked = [s for s in chosen if _per_image_calls(model, s)]
-    envoys = [(s, model.envoy(s)) for s in chosen if s not in chunked]
-    store: dict[Site, torch.Tensor] = {}
-    calls: dict[Site, list[torch.Tensor]] = {s: [] for s in chunked}
-    handles = [
-        model.module(model.hook_path(s)).register_forward_hook(lambda m, a, o, s=s: calls[s].append(o.detach()))
-        for s in chunked
-    ]
-    try:
-        with model.result_hooks(results), applied(model, interventions, layout), torch.no_grad(), model.trace(batch):
-            for site, envoy in envoys:
-                act = _select(envoy.output, site, mask)
-                store[site] = act.detach().to(device) if device is not None else act.detach()
-            logits = model.nn.output.logits.save()
-    finally:
-        for handle in handles:
-            handle.remove()
-    for site, parts in calls.items():
-        joined = _join(site, parts)
-        store[site] = joined.to(device) if device is not None else joined
+    calls: dict[Site, list[torch.Tensor]] = {s: [] for s in chosen}
+
+    def keep(site: Site, act: torch.Tensor) -> None:
+        act = act.detach() if per_image(site) else _select(act.detach(), site, mask)
+        calls[site].append(act.to(device) if device is not None else act)
+
+    def per_image(site: Site) -> bool:
+        return _per_image_calls(model, site)
+
+    with model.result_hooks(results), applied(model, interventions, layout):
+        # Registered after the interventions' hooks, so each site is cached as the model used it (post-edit).
+        handles = [model.module(model.hook_path(s)).register_forward_hook(lambda m, a, o, s=s: keep(s, o))
+                   for s in chosen]
+        try:
+            logits = model.forward(batch)
+        finally:
+            for handle in handles:
+                handle.remove()
+    store = {s: _join(s, parts) if per_image(s) else parts[0] for s, parts in calls.items()}
     logits = logits.to(device) if device is not None else logits
-    ordered = {s: store[s] for s in chosen}
-    return logits, ActivationCache(ordered, positions)
+    return logits, ActivationCache(store, positions)
 
 
 def _per_image_calls(model: Any, site: Site) -> bool:
@@ -169,13 +171,18 @@ def _per_image_calls(model: Any, site: Site) -> bool:
 
 
 def _join(site: Site, parts: list[torch.Tensor]) -> torch.Tensor:
-    """Join per-image calls into one activation over all patches of the batch.
+    """Stack per-image calls into ``image ...``, zero-padding images with fewer patches.
 
-    q/k/v chunks ``1 n_i head d_head`` are concatenated along the patch axis; pattern
-    chunks ``1 head n_i n_i`` become one block-diagonal ``1 head P P`` pattern (patches
-    of different images never attend to each other).
+    q/k/v calls ``1 n_i head d_head`` become ``image patch head d_head``; pattern calls
+    ``1 head n_i n_i`` become ``image head patch patch`` (entries past an image's own
+    patch count are 0; images never attend to each other).
     """
-    if site.point is not Point.PATTERN:
-        return torch.cat(parts, dim=1)
-    heads = parts[0].shape[1]
-    return torch.stack([torch.block_diag(*[p[0, h] for p in parts]) for h in range(heads)])[None]
+    axes = (2, 3) if site.point is Point.PATTERN else (1,)
+    longest = max(p.shape[axes[0]] for p in parts)
+    padded = []
+    for part in parts:
+        pad: list[int] = []
+        for axis in range(part.dim() - 1, 0, -1):
+            pad += [0, longest - part.shape[axis] if axis in axes else 0]
+        padded.append(torch.nn.functional.pad(part, pad))
+    return torch.cat(padded)

@@ -4,6 +4,14 @@ Each intervention is a frozen dataclass. :func:`applied` turns a list of them in
 PyTorch hooks on the sites' hook points for the duration of one call, and removes
 every hook in a ``finally`` block, so nothing outlives the call, even after an error.
 
+Positions and prompt-shaped data. An edit restricted with ``positions=`` touches those
+prompt positions only. Data shaped like the prompt (a :class:`Patch` source, a
+per-role mean, a token or patch mask) covers the prompt's positions; during generation
+the positions of generated tokens are left alone by such edits, while an edit without
+positions (zero ablation, a steering vector, a per-unit mean) applies at every
+position the model processes, generated ones included. This is exactly what the same
+edit does when the whole sequence is recomputed without a KV cache at every step.
+
 Example:
     >>> from vlmlens.ops import Ablate, run_with_interventions
     >>> logits = run_with_interventions(model, batch, [Ablate("text.blocks.0.attn.hook_z", heads=(1,))])
@@ -12,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -21,7 +30,8 @@ import torch
 from vlmlens.errors import InterventionError
 from vlmlens.hooks import input_hook
 from vlmlens.layout import TokenLayout
-from vlmlens.ops.positions import Positions, resolve_positions
+from vlmlens.ops.frame import EditContext, Frame, seq_axis
+from vlmlens.ops.positions import Positions
 from vlmlens.sites import Point, Site, Tower
 
 __all__ = [
@@ -37,94 +47,84 @@ __all__ = [
     "run_with_interventions",
 ]
 
+logger = logging.getLogger(__name__)
+
 Patches = Any
 """Image patches: per sample a list of ``(row, col)``, or a ``batch rows cols`` bool tensor."""
 
-_HEAD_AXIS = {Point.Q: 2, Point.K: 2, Point.V: 2, Point.Z: 2, Point.RESULT: 2, Point.PATTERN: 1}
-
-
-@dataclass(frozen=True)
-class _Context:
-    model: Any
-    layout: TokenLayout | None
-    rows: slice | None = None  # rows of the stacked batch this intervention owns (sweeps)
+Edit = Callable[[torch.Tensor], torch.Tensor]
 
 
 class Intervention:
     """Base class: an edit of one site's activation (or of the pixels)."""
 
-    def compile(self, ctx: _Context) -> list[tuple[Site | str, Callable[[torch.Tensor], torch.Tensor]]]:
+    def compile(self, ctx: EditContext) -> list[tuple[Site | str, Edit]]:
         raise NotImplementedError
 
 
-def _where(site: Site, act: torch.Tensor, ctx: _Context, positions: Positions,
-           heads: Sequence[int] | None, dims: Sequence[int] | None) -> torch.Tensor | None:
-    """Boolean selection broadcastable to ``act`` (``None``: everything), or raise."""
-    where = None
-    if positions is not None and positions != "all":
-        if site.tower is not Tower.TEXT:
-            raise InterventionError(f"positions apply to text sites; {site} has no token positions")
-        axis = 2 if site.point is Point.PATTERN else 1
-        seq = ctx.layout.seq_len if ctx.layout is not None else act.shape[axis]
-        if act.shape[axis] != seq:
-            return torch.zeros((), dtype=torch.bool, device=act.device)  # a decoding step: chosen prompt positions are past
-        mask = resolve_positions(positions, ctx.layout, seq).to(act.device)
-        if act.shape[0] != mask.shape[0]:
-            mask = mask.repeat_interleave(act.shape[0] // mask.shape[0], 0)
-        shape = [1] * act.dim()
-        shape[0], shape[axis] = mask.shape
-        where = mask.view(shape)
-    if heads is not None:
-        axis = _HEAD_AXIS.get(site.point)
-        if axis is None:
-            raise InterventionError(f"heads=... applies to q, k, v, z, result and pattern sites, not {site}")
-        n = act.shape[axis]
-        bad = [h for h in heads if not 0 <= h < n]
-        if bad:
-            raise InterventionError(f"head {bad[0]} is out of range for {site} with {n} heads (valid 0..{n - 1})")
-        sel = torch.zeros(n, dtype=torch.bool, device=act.device)
-        sel[list(heads)] = True
-        shape = [1] * act.dim()
-        shape[axis] = n
-        where = sel.view(shape) if where is None else where & sel.view(shape)
-    if dims is not None:
-        n = act.shape[-1]
-        bad = [d for d in dims if not 0 <= d < n]
-        if bad:
-            what = "neuron" if site.point in (Point.MLP_PRE, Point.MLP_POST) else "dimension"
-            raise InterventionError(f"{what} index {bad[0]} is out of range for {site} of width {n} (valid 0..{n - 1})")
-        sel = torch.zeros(n, dtype=torch.bool, device=act.device)
-        sel[list(dims)] = True
-        where = sel if where is None else where & sel
-    return where
+def _and(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    if a is None:
+        return b
+    return a if b is None else a & b
 
 
-def _rows(act: torch.Tensor, ctx: _Context, site: Site) -> slice:
-    """The rows of ``act`` that belong to this intervention in a stacked sweep batch."""
-    if ctx.rows is None or site.tower is Tower.TEXT:
-        return slice(None) if ctx.rows is None else ctx.rows
-    if not ctx.model.adapter.vision.batched:
-        raise InterventionError(
-            f"{site}: this family's vision tower has no batch axis, so a sweep cannot give each condition "
-            "its own vision-site edit; run these conditions one by one with run_with_interventions()"
-        )
-    images = sum(len(sample) for sample in ctx.layout.images)
-    copy = ctx.rows.start // ctx.layout.batch_size
-    return slice(copy * images, (copy + 1) * images)
+def _edit(site: Site, ctx: EditContext, fn: Callable[[torch.Tensor, Frame], torch.Tensor]) -> Edit:
+    """Apply ``fn`` to the rows of the activation this intervention owns."""
 
-
-def _edit(site: Site, ctx: _Context, fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]):
     def apply(act: torch.Tensor) -> torch.Tensor:
-        rows = _rows(act, ctx, site)
-        part = act[rows]
-        new_part = fn(part, None)
-        if new_part is part:
+        frame = ctx.frame(site, act)
+        rows = frame.rows()
+        part = act if rows is None else act[rows.to(act.device)]
+        new = fn(part, frame)
+        if new is part:
             return act
+        if rows is None:
+            return new
         out = act.clone()
-        out[rows] = new_part
+        out[rows.to(act.device)] = new
         return out
 
     return apply
+
+
+def _indices(owner: Any, name: str) -> None:
+    value = getattr(owner, name)
+    if value is None:
+        return
+    if isinstance(value, bool) or isinstance(value, int):
+        raise InterventionError(f"{name}={value!r} must be a tuple of indices, e.g. {name}=({value},)")
+    if isinstance(value, torch.Tensor):
+        value = value.tolist()
+    if not isinstance(value, Sequence) or isinstance(value, str) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise InterventionError(f"{name}={value!r} must be a tuple of int indices, e.g. {name}=(0, 2)")
+    if not value:
+        raise InterventionError(f"{name}=() selects nothing; leave {name}=None to edit everything")
+    object.__setattr__(owner, name, tuple(value))
+
+
+def _check_site(owner: Any) -> None:
+    if not isinstance(owner.site, (str, Site)):
+        raise InterventionError(
+            f"{type(owner).__name__}.site must be a site name or Site (e.g. 'text.blocks.0.hook_resid_post' or "
+            f"model.text.resid_post[0]), got {type(owner.site).__name__}")
+
+
+def _warn_unused(model: Any, site: Site) -> None:
+    if site.tower is Tower.VISION and site.layer is not None and site.layer in model.unused_vision_layers:
+        logger.warning("%s: this vision block's output never reaches the language model (the projector reads "
+                       "vision layer %d), so editing it changes nothing downstream", site,
+                       min(model.unused_vision_layers) - 1)
+
+
+def _fits(value: torch.Tensor, act: torch.Tensor, what: str, site: Site, hint: str) -> None:
+    try:
+        ok = torch.broadcast_shapes(value.shape, act.shape[1:]) == act.shape[1:]
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise InterventionError(f"{what} for {site} has shape {tuple(value.shape)}, which does not broadcast to the "
+                                f"activation's {tuple(act.shape[1:])} (without its batch axis); {hint}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,15 +134,26 @@ class _SiteEdit(Intervention):
     heads: tuple[int, ...] | None = None
     dims: tuple[int, ...] | None = None
 
-    def _replacement(self, act: torch.Tensor) -> torch.Tensor:
+    def __post_init__(self) -> None:
+        _check_site(self)
+        _indices(self, "heads")
+        _indices(self, "dims")
+
+    def _replacement(self, act: torch.Tensor, frame: Frame) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The new values and where they are defined (``None``: everywhere)."""
         raise NotImplementedError
 
-    def compile(self, ctx: _Context) -> list[tuple[Site, Callable[[torch.Tensor], torch.Tensor]]]:
+    def compile(self, ctx: EditContext) -> list[tuple[Site, Edit]]:
         site = ctx.model.site(self.site)
+        _warn_unused(ctx.model, site)
 
-        def fn(act: torch.Tensor, _: Any) -> torch.Tensor:
-            where = _where(site, act, ctx, self.positions, self.heads, self.dims)
-            new = self._replacement(act).to(act.dtype)
+        def fn(act: torch.Tensor, frame: Frame) -> torch.Tensor:
+            where = _and(frame.select(act, self.heads, self.dims), frame.positions_mask(self.positions, act.dim()))
+            new, defined = self._replacement(act, frame)
+            where = _and(where, defined)
+            if where is not None and not bool(where.any()):
+                return act
+            new = new.to(act.device, act.dtype)
             return new if where is None else torch.where(where, new, act)
 
         return [(site, _edit(site, ctx, fn))]
@@ -154,23 +165,41 @@ class Ablate(_SiteEdit):
 
     Attributes:
         mode: ``"zero"`` or ``"mean"``.
-        mean: for ``"mean"``: a tensor broadcastable to the activation without its batch
-            axis (see :func:`vlmlens.ops.mean_activation`).
+        mean: for ``"mean"``: a per-unit tensor broadcastable to the activation without its
+            batch and position axes (e.g. ``d_model``), or a :class:`vlmlens.ops.RoleMean`
+            from :func:`vlmlens.ops.mean_activation` (the mean of each token role: image
+            patch (r, c), question, last position, other prompt tokens).
     """
 
     mode: Literal["zero", "mean"] = "zero"
-    mean: torch.Tensor | None = field(default=None, compare=False)
+    mean: Any = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.mode not in ("zero", "mean"):
             raise InterventionError(f"Ablate mode must be 'zero' or 'mean', got {self.mode!r}")
         if self.mode == "mean" and self.mean is None:
             raise InterventionError("mode='mean' needs mean=...; compute one with vlmlens.ops.mean_activation()")
+        if self.mode == "zero" and self.mean is not None:
+            raise InterventionError("mean=... is only used with mode='mean'; drop it or set mode='mean'")
 
-    def _replacement(self, act: torch.Tensor) -> torch.Tensor:
+    def _replacement(self, act: torch.Tensor, frame: Frame) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.mode == "zero":
-            return torch.zeros_like(act)
-        return self.mean.to(act.device).expand_as(act)
+            return torch.zeros_like(act), None
+        from vlmlens.ops.means import RoleMean
+
+        if isinstance(self.mean, RoleMean):
+            layout = frame.ctx.layout
+            if layout is None:
+                raise InterventionError("a per-role mean needs a Batch from model.prepare() (its layout names roles)")
+            per_sample = self.mean.expand(frame.site, layout).to(act.device)
+            new = frame.per_row(frame.window(per_sample, 1), "the per-role mean")
+            return new, frame.along_seq(frame.in_prompt().to(act.device), act.dim())
+        if not isinstance(self.mean, torch.Tensor):
+            raise InterventionError(f"mean must be a tensor or a RoleMean, got {type(self.mean).__name__}")
+        mean = self.mean.to(act.device)
+        _fits(mean, act, "the mean", frame.site, "give one value per unit, e.g. a d_model vector")
+        return mean.expand_as(act), None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,22 +207,42 @@ class Patch(_SiteEdit):
     """Replace a site's activation with one from another run (clean -> corrupt patching).
 
     Attributes:
-        source: the source activation, same shape as this run's (e.g. ``cache[site]``
-            from ``run_with_cache(..., positions="all")``).
+        source: the source activation over the prompt, with one row per sample of the
+            batch (e.g. ``cache[site]`` from ``run_with_cache(..., positions="all")`` on a
+            batch of the same size and length).
     """
 
     source: torch.Tensor = field(compare=False)
 
-    def _replacement(self, act: torch.Tensor) -> torch.Tensor:
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.source, torch.Tensor):
+            raise InterventionError(f"Patch source must be a tensor, got {type(self.source).__name__}")
+
+    def _replacement(self, act: torch.Tensor, frame: Frame) -> tuple[torch.Tensor, torch.Tensor | None]:
         src = self.source.to(act.device)
-        if src.dim() == act.dim() >= 3 and src.shape[1] != act.shape[1] and act.shape[1] == 1:
-            return act  # a decoding step: the source covers the prompt only
-        if src.shape != act.shape:
-            if src.shape[1:] == act.shape[1:] and act.shape[0] % src.shape[0] == 0:
-                return src.repeat_interleave(act.shape[0] // src.shape[0], 0)
-            raise InterventionError(f"patch source for {self.site} has shape {tuple(src.shape)}, "
-                                    f"the activation has {tuple(act.shape)}; cache the source with positions='all'")
-        return src
+        site = frame.site
+        hint = "cache the source with positions='all' from a batch of the same size and length"
+        if site.tower is not Tower.TEXT:
+            if src.shape[0] != act.shape[0]:
+                src = frame.per_row(src, "the patch source")
+            if src.shape != act.shape:
+                raise InterventionError(f"patch source for {site} has shape {tuple(self.source.shape)}, "
+                                        f"the activation has {tuple(act.shape)}; {hint}")
+            return src, None
+        axis = seq_axis(site)
+        seq = frame.ctx.layout.seq_len if frame.ctx.layout is not None else frame.step.past + frame.step.length
+        expected = list(act.shape)
+        expected[0], expected[axis] = frame.samples, seq
+        if site.point is Point.PATTERN:
+            expected[3] = seq
+        if list(src.shape) != expected:
+            raise InterventionError(f"patch source for {site} has shape {tuple(src.shape)}, expected "
+                                    f"{tuple(expected)} (one row per sample, every prompt position); {hint}")
+        new = frame.window(src, axis)
+        if site.point is Point.PATTERN:
+            new = frame.keys_window(new, 3)
+        return frame.per_row(new, "the patch source"), frame.along_seq(frame.in_prompt().to(act.device), act.dim())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -203,20 +252,57 @@ class Steer(_SiteEdit):
     vector: torch.Tensor = field(compare=False)
     scale: float = 1.0
 
-    def _replacement(self, act: torch.Tensor) -> torch.Tensor:
-        return act + self.scale * self.vector.to(act.device, act.dtype)
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.vector, torch.Tensor):
+            raise InterventionError(f"Steer vector must be a tensor, got {type(self.vector).__name__}")
+
+    def _replacement(self, act: torch.Tensor, frame: Frame) -> tuple[torch.Tensor, torch.Tensor | None]:
+        vector = self.vector.to(act.device, act.dtype)
+        _fits(vector, act, "the steering vector", frame.site, "give one value per unit, e.g. a d_model vector")
+        return act + self.scale * vector, None
 
 
 def _patch_lists(patches: Patches, layout: TokenLayout, image: int) -> list[list[tuple[int, int]]]:
+    """Validate patches against the layout; per sample the ``(row, col)`` list."""
+    n = layout.batch_size
     if isinstance(patches, torch.Tensor):
+        if patches.dtype != torch.bool or patches.dim() != 3 or patches.shape[0] != n:
+            raise InterventionError(
+                f"a patch mask must be a bool tensor of shape (batch={n}, rows, cols), got {patches.dtype} "
+                f"{tuple(patches.shape)}")
+        for b in range(n):
+            grid = layout.grid(b, image)
+            if tuple(patches.shape[1:]) != grid:
+                raise InterventionError(f"the patch mask is {tuple(patches.shape[1:])} per sample but image {image} "
+                                        f"of sample {b} has a {grid[0]}x{grid[1]} patch grid")
         return [[(int(r), int(c)) for r, c in torch.nonzero(p)] for p in patches]
-    lists = [list(p) for p in patches]
-    if len(lists) != layout.batch_size:
-        raise InterventionError(f"got patch lists for {len(lists)} samples, the batch has {layout.batch_size}")
+    if not isinstance(patches, Sequence) or isinstance(patches, str):
+        raise InterventionError(f"patches must be per-sample lists of (row, col) or a bool mask, got "
+                                f"{type(patches).__name__}")
+    lists = [list(p) if isinstance(p, Sequence) else p for p in patches]
+    if len(lists) != n:
+        raise InterventionError(f"got patch lists for {len(lists)} samples, the batch has {n}: give one list of "
+                                "(row, col) per sample, e.g. [[(0, 0)], [(1, 2)]]")
     for b, plist in enumerate(lists):
+        if not isinstance(plist, list) or not all(
+                isinstance(p, Sequence) and len(p) == 2 and all(isinstance(i, int) for i in p) for p in plist):
+            raise InterventionError(f"patches of sample {b} must be a list of (row, col) int pairs, got {plist!r}")
+        rows, cols = layout.grid(b, image)
         for r, c in plist:
-            layout.patch_position(b, r, c, image)  # raises on a patch outside the grid
+            if not (0 <= r < rows and 0 <= c < cols):
+                raise InterventionError(f"patch ({r}, {c}) of sample {b} is outside image {image}'s "
+                                        f"{rows}x{cols} patch grid (rows 0..{rows - 1}, cols 0..{cols - 1})")
     return lists
+
+
+def _token_mask(patches: Patches, layout: TokenLayout, image: int) -> torch.Tensor:
+    """``batch seq`` mask of the tokens of the chosen patches."""
+    mask = torch.zeros(layout.batch_size, layout.seq_len, dtype=torch.bool)
+    for b, plist in enumerate(_patch_lists(patches, layout, image)):
+        for r, c in plist:
+            mask[b, layout.patch_position(b, r, c, image)] = True
+    return mask
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -234,41 +320,21 @@ class MaskPixels(Intervention):
     patches: Patches = field(compare=False)
     image: int = 0
 
-    def compile(self, ctx: _Context) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
+    def compile(self, ctx: EditContext) -> list[tuple[str, Edit]]:
+        from vlmlens.ops.pixels import pixel_mask
+
         layout = ctx.layout
         if layout is None:
             raise InterventionError("MaskPixels needs a Batch from model.prepare() (its layout names the patches)")
         lists = _patch_lists(self.patches, layout, self.image)
         model = ctx.model
-        spans = [span for sample in layout.images for span in sample]
-        counts = [len(sample) for sample in layout.images]
-        first = [sum(counts[:b]) for b in range(len(counts))]
-
-        copy = 0 if ctx.rows is None else ctx.rows.start // layout.batch_size
 
         def fn(pixels: torch.Tensor) -> torch.Tensor:
-            out = pixels.clone()
-            for b, plist in enumerate(lists):
-                for r, c in plist:
-                    _grey(model, out, spans, copy, first[b] + self.image, r, c)
-            return out
+            stack = model._hooks.stack
+            mask = pixel_mask(model.adapter, layout, lists, self.image, pixels, stack.call, ctx.copy)
+            return pixels.masked_fill(mask.to(pixels.device), 0)
 
         return [("pixels", fn)]
-
-
-def _grey(model: Any, pixels: torch.Tensor, spans: list, copy: int, image: int, r: int, c: int) -> None:
-    """Set the pixels under token-grid patch (r, c) of one image to 0 (the normalised mean)."""
-    cols = spans[image].grid[1]
-    if pixels.dim() == 4:  # images C H W, patch_size blocks
-        p = pixels.shape[-1] // cols
-        pixels[copy * len(spans) + image, :, r * p : (r + 1) * p, c * p : (c + 1) * p] = 0
-        return
-    # Qwen2-VL: flattened raw patches, merge x merge of them per token, images in order.
-    per_token = model.adapter.merge**2
-    per_image = [s.n_tokens * per_token for s in spans]
-    token = r * cols + c
-    base = copy * sum(per_image) + sum(per_image[:image]) + token * per_token
-    pixels[base : base + per_token] = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -285,23 +351,26 @@ class MaskTokens(Intervention):
     fill: Literal["zero"] | torch.Tensor = field(default="zero", compare=False)
     image: int = 0
 
-    def compile(self, ctx: _Context) -> list[tuple[Site, Callable[[torch.Tensor], torch.Tensor]]]:
+    def __post_init__(self) -> None:
+        if isinstance(self.fill, str) and self.fill != "zero" or not isinstance(self.fill, (str, torch.Tensor)):
+            raise InterventionError(f"MaskTokens fill must be 'zero' or a d_model tensor, got {self.fill!r}")
+
+    def compile(self, ctx: EditContext) -> list[tuple[Site, Edit]]:
         layout = ctx.layout
         if layout is None:
             raise InterventionError("MaskTokens needs a Batch from model.prepare()")
-        lists = _patch_lists(self.patches, layout, self.image)
-        mask = torch.zeros(layout.batch_size, layout.seq_len, dtype=torch.bool)
-        for b, plist in enumerate(lists):
-            for r, c in plist:
-                mask[b, layout.patch_position(b, r, c, self.image)] = True
+        mask = _token_mask(self.patches, layout, self.image)
         site = Site(Tower.TEXT, Point.EMBED)
-        fill = self.fill
+        if isinstance(self.fill, torch.Tensor) and tuple(self.fill.shape) != (ctx.model.d_model,):
+            raise InterventionError(f"MaskTokens fill has shape {tuple(self.fill.shape)}, expected "
+                                    f"(d_model={ctx.model.d_model},)")
 
-        def fn(act: torch.Tensor, _: Any) -> torch.Tensor:
-            if act.shape[1] != layout.seq_len:
+        def fn(act: torch.Tensor, frame: Frame) -> torch.Tensor:
+            where = frame.along_seq(frame.per_row(frame.window(mask, 1, fill=False), "the token mask"), act.dim())
+            if not bool(where.any()):
                 return act
-            new = torch.zeros_like(act) if isinstance(fill, str) else fill.to(act.device, act.dtype).expand_as(act)
-            return torch.where(mask.to(act.device)[..., None], new, act)
+            new = torch.zeros_like(act) if isinstance(self.fill, str) else self.fill.to(act.device, act.dtype)
+            return torch.where(where.to(act.device), new, act)
 
         return [(site, _edit(site, ctx, fn))]
 
@@ -316,7 +385,8 @@ class BlockAttention(Intervention):
     Attributes:
         layers: text layers to edit.
         patches: per sample the ``(row, col)`` patches that may not be attended.
-        queries: query positions (default ``"last"``, the answer-predicting token).
+        queries: query positions (default ``"last"``, the answer-predicting token;
+            ``None`` for every query, generated tokens included).
         heads: restrict to these heads (default all).
         image: which image of each sample.
     """
@@ -327,27 +397,26 @@ class BlockAttention(Intervention):
     heads: tuple[int, ...] | None = None
     image: int = 0
 
-    def compile(self, ctx: _Context) -> list[tuple[Site, Callable[[torch.Tensor], torch.Tensor]]]:
+    def __post_init__(self) -> None:
+        _indices(self, "layers")
+        _indices(self, "heads")
+
+    def compile(self, ctx: EditContext) -> list[tuple[Site, Edit]]:
         layout = ctx.layout
         if layout is None:
             raise InterventionError("BlockAttention needs a Batch from model.prepare()")
-        lists = _patch_lists(self.patches, layout, self.image)
-        keys = torch.zeros(layout.batch_size, layout.seq_len, dtype=torch.bool)
-        for b, plist in enumerate(lists):
-            for r, c in plist:
-                keys[b, layout.patch_position(b, r, c, self.image)] = True
+        keys = _token_mask(self.patches, layout, self.image)
         out = []
         for layer in self.layers:
             site = ctx.model.site(Site(Tower.TEXT, Point.PATTERN, layer))
 
-            def fn(act: torch.Tensor, _: Any, site: Site = site) -> torch.Tensor:
-                where = _where(site, act, ctx, self.queries, self.heads, None)
-                k = keys.to(act.device)
-                if act.shape[-1] != k.shape[1]:
-                    k = torch.nn.functional.pad(k, (0, act.shape[-1] - k.shape[1]))
-                if act.shape[0] != k.shape[0]:
-                    k = k.repeat_interleave(act.shape[0] // k.shape[0], 0)
-                block = k[:, None, None, :] if where is None else where & k[:, None, None, :]
+            def fn(act: torch.Tensor, frame: Frame) -> torch.Tensor:
+                k = frame.per_row(frame.keys_window(keys, 1, fill=False), "the key mask").to(act.device)
+                block = k[:, None, None, :]
+                block = _and(block, frame.positions_mask(self.queries, act.dim()))
+                block = _and(block, frame.select(act, self.heads, None))
+                if not bool(block.any()):
+                    return act
                 kept = act.masked_fill(block, 0.0)
                 return kept / kept.sum(-1, keepdim=True).clamp_min(torch.finfo(act.dtype).tiny)
 
@@ -355,14 +424,31 @@ class BlockAttention(Intervention):
         return out
 
 
+def compile_all(model: Any, interventions: Sequence[Intervention], layout: TokenLayout | None,
+                copy: int | None = None) -> list[tuple[Site | str, Edit]]:
+    """Validate and compile a list of interventions against a batch layout."""
+    if isinstance(interventions, Intervention):
+        raise InterventionError(f"pass a list of interventions, e.g. [{type(interventions).__name__}(...)], "
+                                "not a bare intervention")
+    if not isinstance(interventions, Sequence) or isinstance(interventions, str):
+        raise InterventionError(f"interventions must be a list of Intervention values, got "
+                                f"{type(interventions).__name__}")
+    ctx = EditContext(model, layout, copy)
+    edits: list[tuple[Site | str, Edit]] = []
+    for intervention in interventions:
+        if not isinstance(intervention, Intervention):
+            raise InterventionError(f"expected Intervention values, got {type(intervention).__name__}")
+        edits += intervention.compile(ctx)
+    return edits
+
+
 @contextlib.contextmanager
 def applied(
     model: Any,
-    interventions: Sequence[Intervention] | Sequence[tuple[Sequence[Intervention], slice]],
+    interventions: Sequence[Intervention],
     layout: TokenLayout | None,
     *,
-    generation: bool = False,
-    rows: slice | None = None,
+    copy: int | None = None,
 ) -> Iterator[None]:
     """Apply interventions while inside; every hook is removed on exit, error or not.
 
@@ -370,15 +456,10 @@ def applied(
         model: a HookedVLM.
         interventions: a list of interventions, applied in list order at each site.
         layout: the batch layout (names positions and patches).
-        generation: whether the call generates (position edits then apply at the prompt step).
-        rows: the rows of a stacked batch these interventions own (used by sweeps).
+        copy: the stacked copy of the batch these interventions own (sweep conditions);
+            ``None``: every row of whatever runs.
     """
-    ctx = _Context(model, layout, rows)
-    edits: list[tuple[Site | str, Callable]] = []
-    for intervention in interventions:
-        if not isinstance(intervention, Intervention):
-            raise InterventionError(f"expected Intervention values, got {type(intervention).__name__}")
-        edits += intervention.compile(ctx)
+    edits = compile_all(model, interventions, layout, copy)
     if not edits:
         yield
         return
@@ -388,18 +469,16 @@ def applied(
         for target, fn in edits:
             if target == "pixels":
                 module = model.module(model.adapter.vision.embed)
-                handles.append(module.register_forward_pre_hook(input_hook(fn, keys=("pixel_values", "hidden_states")), with_kwargs=True))
+                hook = input_hook(fn, keys=("pixel_values", "hidden_states"))
+                handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
             else:
                 module = model.module(model.hook_path(target))
                 handles.append(module.register_forward_hook(lambda m, a, o, fn=fn: fn(o)))
-        if results:
-            model._hooks.set_result(True, results)
-        yield
+        with model.result_hooks(results) if results else contextlib.nullcontext():
+            yield
     finally:
         for handle in handles:
             handle.remove()
-        if results:
-            model._hooks.set_result(False)
 
 
 def run_with_interventions(model: Any, batch: Any, interventions: Sequence[Intervention]) -> torch.Tensor:

@@ -173,9 +173,10 @@ def patch_residual(
         corrupt: the corrupt batch, with the same token layout as ``clean``.
         metric: ``metric(logits, batch) -> scalar`` (e.g. :func:`logit_diff`).
         layers: text layers (default all).
-        positions: sequence positions (default: every position that is not padding in
-            any sample), or a kind of ``batch.layout.mask`` (``"image"``, ``"last"``,
-            ``"question"``) resolved on sample 0.
+        positions: a kind of ``batch.layout.mask`` (``"image"``, ``"last"``, ``"question"``):
+            the k-th position of that role in each sample, whatever its padding; integer
+            positions (absolute, the same in every sample); default: every prompt position,
+            aligned on each sample's last prompt token. Labels name sample 0's tokens.
         chunk_size: conditions per stacked forward.
 
     Returns:
@@ -188,11 +189,12 @@ def patch_residual(
     sites = [model.text.resid_pre[layer] for layer in _layers(model, layers)]
     chosen = _positions(layout, positions)
     clean_logits, cache = run_with_cache(model, clean, sites=sites, positions="all", device=None)
-    conditions = [[Patch(site=site, source=cache[site], positions=[p])] for site in sites for p in chosen]
+    conditions = [[Patch(site=site, source=cache[site], positions=mask)] for site in sites for mask in chosen]
     values = _measure(model, corrupt, conditions, metric, chunk_size).view(len(sites), len(chosen))
+    sample0 = [int(torch.nonzero(mask[0])[0]) for mask in chosen]
     return PatchingResult(
         values=values, axes=("layer", "position"),
-        labels=(tuple(s.layer for s in sites), _position_labels(model, clean, chosen)),
+        labels=(tuple(s.layer for s in sites), _position_labels(model, clean, sample0)),
         sites=tuple(sites), **_endpoints(model, clean, corrupt, clean_logits, metric),
     )
 
@@ -420,21 +422,41 @@ def _layers(model: Any, layers: Sequence[int] | None) -> list[int]:
     return chosen
 
 
-def _positions(layout: TokenLayout, positions: Sequence[int] | str | None) -> list[int]:
-    seq = layout.seq_len
+def _positions(layout: TokenLayout, positions: Sequence[int] | str | None) -> list[torch.Tensor]:
+    """One ``batch seq`` mask per patched position, aligned by role across samples.
+
+    A named kind (``"image"``, ``"question"``, ``"last"``, ``"prefix"``) gives its k-th
+    position in every sample (each sample patches its own token of that role, whatever
+    its padding); ``None`` gives every prompt position counted back from each sample's
+    last prompt token (as far as the shortest sample reaches); integers are absolute
+    positions, the same in every sample.
+    """
+    seq, n = layout.seq_len, layout.batch_size
     if positions is None:
-        return torch.nonzero(~layout.padding.any(0)).flatten().tolist()
-    if isinstance(positions, str):
-        chosen = torch.nonzero(layout.mask(positions)[0]).flatten().tolist()
+        length = min(int((~layout.padding[b]).sum()) for b in range(n))
+        index = [[layout.last_prompt[b] - (length - 1 - j) for b in range(n)] for j in range(length)]
+    elif isinstance(positions, str):
+        kind = layout.mask(positions)
+        per_sample = [torch.nonzero(kind[b]).flatten().tolist() for b in range(n)]
+        if len({len(p) for p in per_sample}) != 1:
+            raise InputError(f"positions={positions!r} selects {[len(p) for p in per_sample]} positions in the "
+                             "samples; patching aligns the k-th position of each sample, so every sample needs the "
+                             "same count (use batches whose questions/images match in length, or integer positions)")
+        index = [list(column) for column in zip(*per_sample)]
     else:
         chosen = [int(p) for p in positions]
         bad = [p for p in chosen if not -seq <= p < seq]
         if bad:
             raise InputError(f"position {bad[0]} is out of range for sequence length {seq}")
-        chosen = [p % seq for p in chosen]
-    if not chosen:
+        index = [[p % seq] * n for p in chosen]
+    if not index:
         raise InputError(f"positions={positions!r} selects no position")
-    return chosen
+    masks = []
+    for column in index:
+        mask = torch.zeros(n, seq, dtype=torch.bool)
+        mask[torch.arange(n), torch.tensor(column)] = True
+        masks.append(mask)
+    return masks
 
 
 def _position_labels(model: Any, batch: Batch, positions: list[int]) -> tuple[str, ...]:

@@ -419,7 +419,8 @@ def _per_sample(model: Any, site: Site, act: Tensor, batch: Batch) -> Tensor:
 
     Text sites have one already. Vision and projector sites have one axis of images
     (one image per sample is required) or, for families whose vision tower has no batch
-    axis (Qwen2-VL), one flat axis of all patches, split here into equal per-sample runs.
+    axis (Qwen2-VL), a leading axis of 1 over all patches, split here into equal
+    per-sample runs (its per-image attention sites are cached ``image ...`` already).
     """
     n = len(batch)
     if site.tower is Tower.TEXT:
@@ -430,14 +431,20 @@ def _per_sample(model: Any, site: Site, act: Tensor, batch: Batch) -> Tensor:
             raise InputError(f"{site}: a store of vision or projector sites needs exactly one image per sample; "
                              f"got {sum(counts)} images for {n} samples")
         return act
+    if site.point in (Point.Q, Point.K, Point.V, Point.PATTERN):  # cached per image: ``image ...``
+        if act.shape[0] != n or any(c != 1 for c in counts):
+            raise InputError(f"{site}: a store of per-image vision attention sites needs exactly one image per "
+                             f"sample; got {sum(counts)} images for {n} samples")
+        return act
     tokens = {sum(span.n_tokens for span in sample) for sample in batch.layout.images}
-    if site.point in (Point.Q, Point.K, Point.V, Point.PATTERN) or len(tokens) != 1 or act.shape[0] % n:
+    flat = act[0]  # ``1 patch ...``: every image's patches in one sequence
+    if len(tokens) != 1 or flat.shape[0] % n:
         raise InputError(
-            f"{site} has shape {tuple(act.shape)} with no per-sample axis in the {model.family} vision tower "
-            "(all images form one sequence, q/k/v/pattern are joined per image); store it only with images of "
-            "equal size and choose residual, MLP, attention-output, z or result sites"
+            f"{site} has shape {tuple(act.shape)}: the {model.family} vision tower packs all images into one "
+            "sequence, which splits into per-sample rows only when every sample's images have the same size; "
+            "store it with images of equal size"
         )
-    return act.reshape(n, act.shape[0] // n, *act.shape[1:])
+    return flat.reshape(n, flat.shape[0] // n, *flat.shape[1:])
 
 
 def _read_manifest(out: Path) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
+from vlmlens.context import Call
 from vlmlens.errors import InputError
 from vlmlens.inputs import Batch
 from vlmlens.ops.interventions import Intervention, applied
@@ -44,16 +45,20 @@ def sweep(
     """
     if not isinstance(batch, Batch):
         raise InputError("sweep needs a Batch from model.prepare() (its layout names positions and patches)")
-    if chunk_size < 1:
-        raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise InputError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+    if isinstance(conditions, Intervention) or not isinstance(conditions, Sequence) or not conditions:
+        raise InputError("sweep needs a non-empty list of conditions, each a list of interventions "
+                         "(e.g. [[], [Ablate(...)]]; [] is the clean run)")
     size = len(batch)
     out = []
     for start in range(0, len(conditions), chunk_size):
         chunk = conditions[start : start + chunk_size]
         stacked = repeat_batch(batch, len(chunk))
         with contextlib.ExitStack() as stack:
+            stack.enter_context(model._hooks.stack.entered(Call(copies=len(chunk), order="copy")))
             for i, condition in enumerate(chunk):
-                stack.enter_context(applied(model, condition, batch.layout, rows=slice(i * size, (i + 1) * size)))
+                stack.enter_context(applied(model, condition, batch.layout, copy=i))
             logits = model.forward(stacked)
         out.append(logits.view(len(chunk), size, *logits.shape[1:]).cpu())
     return torch.cat(out)

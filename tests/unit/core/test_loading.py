@@ -29,6 +29,7 @@ def test_unreachable_checkpoint_says_so(tmp_path):
 def test_site_that_never_fires_is_an_error(family):
     hf, processor = tiny_hf(family)
     model = HookedVLM.from_hf(hf, processor, check=False)
-    model._hooks.remove()  # simulate an adapter whose hooks capture nothing
+    for handle in model._hooks.handles:  # simulate an adapter whose hooks capture nothing
+        handle.remove()
     with pytest.raises(SiteCheckError, match="never fired in a dummy forward"):
         model.check_sites()

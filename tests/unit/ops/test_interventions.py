@@ -60,6 +60,9 @@ def test_zero_ablate_heads_of_z(model, batch):
 
 def test_mean_ablate_neurons_at_last_position(model, batch):
     mean = mean_activation(model, [batch], "text.blocks.0.mlp.hook_post")
+    _, cache = run_with_cache(model, batch, sites=["text.blocks.0.mlp.hook_post"])
+    last = torch.stack([cache["mlp_post", 0][b, p] for b, p in enumerate(batch.layout.last_prompt)]).mean(0)
+    assert torch.allclose(mean.last, last, atol=1e-6)
     neurons = (3, 17)
     got = run_with_interventions(
         model, batch, [Ablate(site="text.blocks.0.mlp.hook_post", mode="mean", mean=mean, dims=neurons, positions="last")])
@@ -67,7 +70,7 @@ def test_mean_ablate_neurons_at_last_position(model, batch):
     def edit(module, args):
         x = args[0].clone()
         for b, pos in enumerate(batch.layout.last_prompt):
-            x[b, pos, list(neurons)] = mean[pos, list(neurons)]
+            x[b, pos, list(neurons)] = mean.last[list(neurons)]
         return (x,)
 
     with hand_hook(layer(model, 0).mlp.down_proj, edit, pre=True):
@@ -173,7 +176,9 @@ def test_noop_identities(model, single):
     clean = plain(model, single)
     site = "text.blocks.1.hook_resid_mid"
     mean = mean_activation(model, single, site)
-    assert (run_with_interventions(model, single, [Ablate(site=site, mode="mean", mean=mean)]) - clean).abs().max() <= ATOL
+    # one sample: its last position's role mean is its own last activation
+    got = run_with_interventions(model, single, [Ablate(site=site, mode="mean", mean=mean, positions="last")])
+    assert (got - clean).abs().max() <= ATOL
     _, cache = run_with_cache(model, single, sites=[site])
     assert (run_with_interventions(model, single, [Patch(site=site, source=cache[site])]) - clean).abs().max() <= ATOL
 
@@ -203,7 +208,7 @@ def test_exception_leaves_no_hook(family, single):
     model = tiny_vlm(family)
     fresh = tiny_vlm(family)
     bad = Steer(site="text.blocks.0.hook_resid_post", vector=torch.ones(3))  # wrong width: raises midway
-    with pytest.raises(RuntimeError):
+    with pytest.raises(InterventionError, match="does not broadcast"):
         run_with_interventions(model, single, [Ablate(site="text.blocks.0.hook_attn_out"), bad])
     assert torch.equal(model.forward(single), fresh.forward(single))
 
@@ -211,7 +216,7 @@ def test_exception_leaves_no_hook(family, single):
 def test_clear_errors(model, batch):
     with pytest.raises(InterventionError, match=r"neuron index 9999 is out of range .* \(valid 0\.\.127\)"):
         run_with_interventions(model, batch, [Ablate(site="text.blocks.0.mlp.hook_post", dims=(9999,))])
-    with pytest.raises(InputError, match=r"patch \(row=9, col=0\) is outside the"):
+    with pytest.raises(InterventionError, match=r"patch \(9, 0\) of sample 0 is outside image 0's"):
         run_with_interventions(model, batch, [MaskPixels(patches=[[(9, 0)], []])])
     padded = model.prepare(tiny_images(2), ["Is there a cat in the image? yes yes yes", "Is there a dog?"])
     with pytest.raises(InputError, match="position 0 of sample 1 is padding"):

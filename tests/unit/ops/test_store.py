@@ -56,8 +56,8 @@ def direct(model, dataset, sites, batch_size, positions="last"):
         _, cache = run_with_cache(model, batch, sites=sites, positions=positions)
         for site in sites:
             act = cache[site]
-            if not site.startswith("text") and act.shape[0] != len(chunk):  # Qwen2-VL: one flat patch axis
-                act = act.reshape(len(chunk), -1, *act.shape[1:])
+            if not site.startswith("text") and act.shape[0] != len(chunk):  # Qwen2-VL: ``1 patch ...``, all images
+                act = act[0].reshape(len(chunk), -1, *act.shape[2:])
             out[site].append(act)
     return {site: torch.cat(parts) for site, parts in out.items()}
 
