@@ -6,16 +6,17 @@ Example:
     0
 """
 
+from vlmlens.data import load_pope, parse_yes_no, pope_metrics, synth_pope
 from vlmlens.errors import (
     DataError,
     InputError,
     InterventionError,
+    LoadError,
     SiteCheckError,
     SiteNotFoundError,
     UnsupportedArchitectureError,
     VLMLensError,
 )
-from vlmlens.data import load_pope, parse_yes_no, pope_metrics, synth_pope
 from vlmlens.inputs import Batch
 from vlmlens.layout import ImageSpan, TokenLayout
 from vlmlens.model import Generation, HookedVLM
@@ -23,9 +24,11 @@ from vlmlens.ops import (
     Ablate,
     ActivationCache,
     BlockAttention,
+    ImagePatches,
     MaskPixels,
     MaskTokens,
     Patch,
+    RoleMean,
     Steer,
     mean_activation,
     run_with_cache,
@@ -63,6 +66,9 @@ __all__ = [
     "MaskPixels",
     "MaskTokens",
     "BlockAttention",
+    "ImagePatches",
+    "RoleMean",
+    "LoadError",
     "synth_pope",
     "load_pope",
     "parse_yes_no",

@@ -91,9 +91,9 @@ def _identities(model: Any, seen: dict[Site, Any], tower: Tower, layer: int, n_l
         raise SiteCheckError(f"{where}: hook_resid_mid != hook_resid_pre + hook_attn_out; {fix}")
     if not _close(at(Point.RESID_MID) + at(Point.MLP_OUT), at(Point.RESID_POST)):
         raise SiteCheckError(f"{where}: hook_resid_post != hook_resid_mid + hook_mlp_out; {fix}")
-    if layer + 1 < n_layers and Site(tower, Point.RESID_PRE, layer + 1) in seen:
-        if not torch.equal(at(Point.RESID_POST), at(Point.RESID_PRE, layer + 1)):
-            raise SiteCheckError(f"{where}: hook_resid_post differs from block {layer + 1}'s hook_resid_pre")
+    following = Site(tower, Point.RESID_PRE, layer + 1)
+    if layer + 1 < n_layers and following in seen and not torch.equal(at(Point.RESID_POST), seen[following].float()):
+        raise SiteCheckError(f"{where}: hook_resid_post differs from block {layer + 1}'s hook_resid_pre")
     o_proj = model.block_module(tower, layer, "o_proj")
     heads = at(Point.RESULT).sum(-2)
     if o_proj.bias is not None:

@@ -112,11 +112,15 @@ class CallStack:
         calls: entered by vlmlens entry points (sweep, generate) for their duration.
         steps: pushed by the language model's pre-hook, popped when its forward ends.
         results: per ``(tower, layer)``, how many active requests want per-head results.
+        image_call: per vision layer of a tower that attends image by image (Qwen2-VL),
+            the index of the image whose attention is being computed (reset by each
+            call of that attention module).
     """
 
     calls: list[Call] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
     results: Counter = field(default_factory=Counter)
+    image_call: dict[int, int] = field(default_factory=dict)
 
     @property
     def call(self) -> Call:

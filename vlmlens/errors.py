@@ -35,3 +35,7 @@ class InterventionError(VLMLensError, ValueError):
 
 class SiteCheckError(VLMLensError, RuntimeError):
     """A declared hook site did not fire, or fired with the wrong shape, at load time."""
+
+
+class LoadError(VLMLensError, OSError):
+    """A checkpoint could not be found or loaded (unknown zoo name, missing path, unreachable hub)."""

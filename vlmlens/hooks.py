@@ -24,6 +24,9 @@ hooks keep it causal by construction:
   sequence) is shown to hooks with a leading axis of size 1: ``1 patch ...``, and so is
   its projector (the patch merger).
   Its attention runs once per image, so its q/k/v/pattern hooks fire once per image.
+* Hooks that replace a module's output run before any hook registered earlier on that
+  module (``prepend=True``), so transformers' own output capture (LLaVA reads a vision
+  layer's hidden states that way) sees the edited value, whenever it was installed.
 * The language model's pre-hook records the :class:`vlmlens.context.Step` of each
   forward (prompt or decoding step); nothing is written onto Hugging Face modules.
 """
@@ -178,27 +181,31 @@ def _install_tower(model: nn.Module, tower: Tower, spec: TowerSpec, cfg: Any, ho
         mid: dict[str, torch.Tensor] = {}  # this block's pending resid_mid edit, within one forward
         add = hooks.handles.append
         add(block.register_forward_pre_hook(_block_pre_hook(pt[Point.RESID_PRE], mid, packed), with_kwargs=True))
-        add(block.register_forward_hook(_output_hook(pt[Point.RESID_POST], packed)))
-        add(attn_out.register_forward_hook(_output_hook(pt[Point.ATTN_OUT], packed)))
+        add(block.register_forward_hook(_output_hook(pt[Point.RESID_POST], packed), prepend=True))
+        add(attn_out.register_forward_hook(_output_hook(pt[Point.ATTN_OUT], packed), prepend=True))
         add(mlp_norm.register_forward_pre_hook(_mid_hook(pt[Point.RESID_MID], mid, packed)))
-        add(mlp_out.register_forward_hook(_mlp_out_hook(pt[Point.MLP_OUT], mid, packed)))
-        add(_get(mlp, b.mlp_in).register_forward_hook(_output_hook(pt[Point.MLP_PRE], packed)))
+        add(mlp_out.register_forward_hook(_mlp_out_hook(pt[Point.MLP_OUT], mid, packed), prepend=True))
+        add(_get(mlp, b.mlp_in).register_forward_hook(_output_hook(pt[Point.MLP_PRE], packed), prepend=True))
         add(_get(mlp, b.mlp_down).register_forward_pre_hook(input_hook(_packed(pt[Point.MLP_POST], packed)),
                                                             with_kwargs=True))
         add(o_proj.register_forward_pre_hook(_z_hook(pt[Point.Z], n_heads, packed)))
-        add(o_proj.register_forward_hook(_result_hook(pt[Point.RESULT], n_heads, packed, hooks.stack, (tower, index))))
+        result = _result_hook(pt[Point.RESULT], n_heads, packed, hooks.stack, (tower, index))
+        add(o_proj.register_forward_hook(result, prepend=True))
         if tower is Tower.TEXT:
             add(attn.register_forward_pre_hook(_cache_hook(attn), with_kwargs=True))
+        if packed:  # attention runs once per image: count the images (k is the first hook of each)
+            add(attn.register_forward_pre_hook(_image_calls_reset(hooks.stack, index)))
+            add(pt[Point.K].register_forward_pre_hook(_image_calls_next(hooks.stack, index)))
     embed = _get(model, spec.embed)
     point = _attach(embed, "hook_embed", spec.embed, hooks, Site(tower, Point.EMBED))
     if spec.embed_from == "output":
-        hooks.handles.append(embed.register_forward_hook(_output_hook(point, packed)))
+        hooks.handles.append(embed.register_forward_hook(_output_hook(point, packed), prepend=True))
     else:
         hooks.handles.append(embed.register_forward_pre_hook(_kwarg_hook(point, spec.embed_from), with_kwargs=True))
     if spec.final_norm is not None:
         norm = _get(model, spec.final_norm)
         point = _attach(norm, "hook_normalized", spec.final_norm, hooks, Site(tower, Point.LN_FINAL))
-        hooks.handles.append(norm.register_forward_hook(_output_hook(point, packed)))
+        hooks.handles.append(norm.register_forward_hook(_output_hook(point, packed), prepend=True))
     return len(layers)
 
 
@@ -279,6 +286,20 @@ def _cache_hook(attn: nn.Module):
         if cache is None:
             return None
         return args, {**kwargs, key: _HookedCache(cache, attn), KV_HOOKED: True}
+
+    return hook
+
+
+def _image_calls_reset(stack: CallStack, layer: int):
+    def hook(module: nn.Module, args: tuple) -> None:
+        stack.image_call[layer] = -1
+
+    return hook
+
+
+def _image_calls_next(stack: CallStack, layer: int):
+    def hook(module: nn.Module, args: tuple) -> None:
+        stack.image_call[layer] = stack.image_call.get(layer, -1) + 1
 
     return hook
 
@@ -387,7 +408,7 @@ def install(model: nn.Module, adapter: Adapter) -> tuple[InstalledHooks, int, in
     p_out = _attach(projector, "hook_out", adapter.projector, hooks, Site(Tower.PROJECTOR, Point.PROJ_OUT))
     packed = not adapter.vision.batched
     hooks.handles.append(projector.register_forward_pre_hook(input_hook(_packed(p_in, packed)), with_kwargs=True))
-    hooks.handles.append(projector.register_forward_hook(_output_hook(p_out, packed)))
+    hooks.handles.append(projector.register_forward_hook(_output_hook(p_out, packed), prepend=True))
     for sub in (text_cfg, vision_cfg, cfg):
         hooks.attn_implementations.append((sub, sub._attn_implementation))
         sub._attn_implementation = ATTN_IMPLEMENTATION

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, no_type_check
 
 import torch
 from PIL import Image
@@ -46,6 +46,8 @@ class Batch:
 def _as_image_lists(images: Any, n: int) -> list[list[Image.Image]]:
     if isinstance(images, Image.Image):
         images = [images]
+    if not isinstance(images, (list, tuple)):
+        raise InputError(f"images must be a PIL image or a list of them (one per prompt), got {type(images).__name__}")
     images = list(images)
     if len(images) != n:
         raise InputError(
@@ -53,9 +55,13 @@ def _as_image_lists(images: Any, n: int) -> list[list[Image.Image]]:
         )
     out = []
     for i, item in enumerate(images):
-        group = [item] if isinstance(item, Image.Image) else list(item)
+        group = [item] if isinstance(item, Image.Image) else list(item) if isinstance(item, (list, tuple)) else [item]
         if not group:
             raise InputError(f"prompt {i} has no image; every prompt needs at least one image")
+        wrong = [im for im in group if not isinstance(im, Image.Image)]
+        if wrong:
+            raise InputError(f"image of prompt {i} is a {type(wrong[0]).__name__} ({wrong[0]!r:.60}), not a PIL image; "
+                             "open files with PIL.Image.open(path)")
         out.append([im.convert("RGB") for im in group])
     return out
 
@@ -69,6 +75,7 @@ def _grids(adapter: Adapter, hf_config: Any, inputs: dict[str, torch.Tensor], n_
     return [(side, side)] * n_images
 
 
+@no_type_check
 def prepare_batch(
     adapter: Adapter,
     hf_config: Any,
@@ -97,7 +104,16 @@ def prepare_batch(
 
     if isinstance(questions, str):
         questions = [questions]
+    if not isinstance(questions, Sequence):
+        raise InputError(f"questions must be a string or a list of strings, got {type(questions).__name__}")
     questions = list(questions)
+    if not questions:
+        raise InputError("got no questions; pass one question (and one image) per sample")
+    bad = [q for q in questions if not isinstance(q, str)]
+    if bad:
+        raise InputError(f"every question must be a str, got {bad[0]!r} ({type(bad[0]).__name__})")
+    if padding_side not in ("left", "right"):
+        raise InputError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     groups = _as_image_lists(images, len(questions))
     tokenizer = processor.tokenizer
     old_side = tokenizer.padding_side

@@ -17,15 +17,15 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, no_type_check
 
 import nnsight
 import torch
 from torch import nn
 
 from vlmlens.adapters import Adapter, get_adapter
-from vlmlens.errors import InputError, SiteCheckError, SiteNotFoundError
 from vlmlens.context import Call
+from vlmlens.errors import InputError, SiteNotFoundError
 from vlmlens.hooks import InstalledHooks, install
 from vlmlens.inputs import Batch, prepare_batch
 from vlmlens.sites import BLOCK_POINTS, Point, Site, Tower, as_point, site_names
@@ -54,6 +54,7 @@ class _LayerIndexer:
     def __init__(self, model: HookedVLM, tower: Tower, point: Point) -> None:
         self._model, self._tower, self._point = model, tower, point
 
+    @no_type_check
     def __getitem__(self, layer: int) -> Site:
         return self._model.site(Site(self._tower, self._point, self._model._layer(self._tower, layer)))
 
@@ -97,8 +98,12 @@ class HookedVLM:
         nn: the nnsight wrapper of ``hf_model``.
     """
 
+    @no_type_check
     def __init__(self, hf_model: nn.Module, processor: Any, *, check: bool = True,
                  adapter: Adapter | None = None) -> None:
+        if not isinstance(hf_model, nn.Module) or not hasattr(hf_model, "config"):
+            raise InputError(f"HookedVLM wraps a transformers model, got a {type(hf_model).__name__}, which is not a "
+                             "supported vision-language model; load one with from_pretrained()")
         self.adapter: Adapter = adapter or get_adapter(type(hf_model).__name__, _text_model_type(hf_model.config))
         self.hf_model = hf_model.eval()
         self.processor = processor
@@ -119,6 +124,7 @@ class HookedVLM:
 
     # ---------------------------------------------------------------- loading
     @classmethod
+    @no_type_check
     def from_hf(cls, hf_model: nn.Module, processor: Any, *, check: bool = True,
                 adapter: Adapter | None = None) -> HookedVLM:
         """Wrap an already loaded transformers model and its processor.
@@ -132,6 +138,7 @@ class HookedVLM:
         return cls(hf_model, processor, check=check, adapter=adapter)
 
     @classmethod
+    @no_type_check
     def from_pretrained(
         cls,
         name_or_path: str | Path,
@@ -145,25 +152,33 @@ class HookedVLM:
 
         Args:
             name_or_path: e.g. ``"llava-hf/llava-1.5-7b-hf"``, ``"toy-paligemma"`` or a path.
-            dtype: parameter dtype (default: the checkpoint's, fp32 on CPU).
+            dtype: parameter dtype: a torch dtype or a name such as ``"bfloat16"``/``"bf16"``
+                (default: the checkpoint's, fp32 on CPU).
             device: move the model here after loading (ignored with ``device_map``).
             device_map: passed to transformers (``"auto"`` shards over GPUs).
             **kwargs: passed to ``from_pretrained`` of the model class.
+
+        Raises:
+            LoadError: an unknown zoo name, a missing directory, or a hub id that cannot be read.
+            InputError: an unknown dtype.
         """
         import transformers
         from transformers import AutoConfig, AutoProcessor
 
-        from vlmlens.zoo import registry
+        from vlmlens.loading import load_error, parse_dtype, resolve_checkpoint
 
-        name = str(name_or_path)
-        path = registry.checkpoint_path(name) if name in registry.ZOO else name
-        config = AutoConfig.from_pretrained(path)
+        path = resolve_checkpoint(name_or_path)
+        torch_dtype = parse_dtype(dtype)
+        try:
+            config = AutoConfig.from_pretrained(path)
+        except OSError as err:
+            raise load_error(path, err) from err
         architecture = (config.architectures or [type(config).__name__])[0]
         adapter = get_adapter(architecture, _text_model_type(config))
         model_cls = getattr(transformers, adapter.architecture)
         load_kwargs: dict[str, Any] = {"attn_implementation": "eager", **kwargs}
-        if dtype is not None:
-            load_kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        if torch_dtype is not None:
+            load_kwargs["dtype"] = torch_dtype
         if device_map is not None:
             load_kwargs["device_map"] = device_map
         hf_model = model_cls.from_pretrained(path, **load_kwargs)
@@ -252,6 +267,8 @@ class HookedVLM:
         """Every site of this model, in the order the forward pass reaches them."""
         return list(self._sites)
 
+    @no_type_check
+
     def _layer(self, tower: Tower, layer: int) -> int:
         n = self.n_layers if tower is Tower.TEXT else self.n_vision_layers
         if not isinstance(layer, int) or not -n <= layer < n:
@@ -260,6 +277,8 @@ class HookedVLM:
                 f"(or -{n}..-1 from the end)"
             )
         return layer % n
+
+    @no_type_check
 
     def site(self, site: Site | str) -> Site:
         """Parse a site and check it exists on this model (layer range included).
@@ -282,8 +301,39 @@ class HookedVLM:
         """Dotted module path (from ``hf_model``) of a site's hook point."""
         return self._hooks.paths[self.site(site)]
 
-    def envoy(self, site: Site | str) -> Any:
-        """The nnsight envoy of a site's hook point; use ``.output`` inside :meth:`trace`."""
+    @no_type_check
+
+    def runs_per_image(self, site: Site | str) -> bool:
+        """Whether a site fires once per image in a forward (Qwen2-VL's vision q/k/v/pattern).
+
+        Qwen2-VL's ViT packs all images into one sequence but attends within each image
+        separately, so its attention internals are computed, and hooked, image by image.
+        """
+        site = self.site(site)
+        return site.tower is Tower.VISION and not self.adapter.vision.batched and site.point in (
+            Point.Q, Point.K, Point.V, Point.PATTERN)
+
+    @no_type_check
+
+    def envoy(self, site: Site | str, *, per_image: bool = False) -> Any:
+        """The nnsight envoy of a site's hook point; use ``.output`` inside :meth:`trace`.
+
+        Args:
+            site: the site.
+            per_image: acknowledge that the site fires once per image (see
+                :meth:`runs_per_image`); its ``.output`` is then the first image's, and
+                ``for step in tracer.iter[:]:`` visits every image in order.
+
+        Raises:
+            InputError: the site fires once per image and ``per_image`` was not set
+                (reading ``.output`` would silently give the first image only).
+        """
+        if self.runs_per_image(site) and not per_image:
+            raise InputError(
+                f"{self.site(site)} runs once per image in {self.adapter.architecture} (its vision tower attends "
+                "image by image), so .output would be the first image only. Use run_with_cache (one row per image), "
+                "or pass per_image=True and read every image with `for step in tracer.iter[:]:` inside the trace"
+            )
         envoy = self.nn
         for part in self.hook_path(site).split("."):
             envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
@@ -327,6 +377,8 @@ class HookedVLM:
         last = feature % (self.n_vision_layers + 1)  # hidden_states has n + 1 entries (embeddings first)
         return tuple(range(last, self.n_vision_layers))
 
+    @no_type_check
+
     def hooks(self, interventions: Sequence[Any], batch: Batch | None = None) -> contextlib.AbstractContextManager:
         """A context manager applying interventions to every forward inside it.
 
@@ -341,6 +393,7 @@ class HookedVLM:
         return applied(self, interventions, batch.layout if batch is not None else None)
 
     # ---------------------------------------------------------------- running
+    @no_type_check
     def prepare(
         self,
         images: Any,
@@ -363,12 +416,16 @@ class HookedVLM:
         )
         return batch.to(self.device)
 
+    @no_type_check
+
     def _inputs(self, batch: Batch | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if isinstance(batch, Batch):
             return batch.inputs
         if isinstance(batch, dict) and "input_ids" in batch:
             return dict(batch)
         raise InputError(f"expected a Batch from model.prepare() or a dict of processor tensors, got {type(batch).__name__}")
+
+    @no_type_check
 
     def forward(self, batch: Batch | dict[str, torch.Tensor]) -> torch.Tensor:
         """Plain forward (no tracing): logits ``batch seq vocab``."""
@@ -383,6 +440,8 @@ class HookedVLM:
         Inside it, ``model.envoy(site).output`` reads or replaces a site (in forward order).
         """
         return self.nn.trace(**self._inputs(batch), **kwargs)
+
+    @no_type_check
 
     def generate(
         self,
@@ -403,6 +462,9 @@ class HookedVLM:
         """
         from vlmlens.ops.interventions import applied
 
+        for name, value in (("max_new_tokens", max_new_tokens), ("num_return_sequences", num_return_sequences)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"{name} must be an int >= 1, got {value!r}")
         inputs = self._inputs(batch)
         if seed is not None:
             torch.manual_seed(seed)

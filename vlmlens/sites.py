@@ -24,6 +24,7 @@ import difflib
 import re
 from dataclasses import dataclass
 from enum import Enum
+from typing import no_type_check
 
 from vlmlens.errors import SiteNotFoundError
 
@@ -164,6 +165,7 @@ class Site:
         return cls(_as_tower(tower), as_point(point), layer)
 
     @classmethod
+    @no_type_check
     def parse(cls, name: str | Site) -> Site:
         """Parse a full site name strictly.
 

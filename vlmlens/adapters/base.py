@@ -91,6 +91,9 @@ class Adapter:
         prefix_lm: whether image + prompt attend bidirectionally (PaliGemma).
         text_model_type: for a variant of an architecture, the language model's
             ``model_type`` it applies to (``None``: the architecture's base adapter).
+        vision_cls: class tokens before the patches in the vision tower's sequence (CLIP: 1).
+        feature_select_attr: attribute of the model config saying whether the projector
+            reads the class token too (LLaVA's ``vision_feature_select_strategy``, ``"full"``).
         vision_feature_layer_attr: attribute of the model config naming the vision layer
             whose output the projector reads (LLaVA's ``vision_feature_layer``, -2 by
             default); later vision blocks never reach the language model.
@@ -107,4 +110,6 @@ class Adapter:
     prefix_lm: bool = False
     text_model_type: str | None = None
     vision_feature_layer_attr: str | None = None
+    vision_cls: int = 0
+    feature_select_attr: str | None = None
     extra: dict[str, str] = field(default_factory=dict)

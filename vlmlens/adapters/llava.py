@@ -46,4 +46,6 @@ ADAPTER = Adapter(
     lm_head="lm_head",
     image_token_attr="image_token_id",
     vision_feature_layer_attr="vision_feature_layer",
+    vision_cls=1,
+    feature_select_attr="vision_feature_select_strategy",
 )

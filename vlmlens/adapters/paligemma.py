@@ -11,6 +11,9 @@ ADAPTER = replace(
     family="paligemma",
     architecture="PaliGemmaForConditionalGeneration",
     prefix_lm=True,
+    vision_cls=0,  # SigLIP has no class token
+    feature_select_attr=None,
+    vision_feature_layer_attr=None,
 )
 
 # PaliGemma-2 keeps the class but its language model is Gemma-2: a sandwich-norm block

@@ -30,4 +30,7 @@ ADAPTER: Adapter = replace(
     ),
     projector="model.visual.merger",
     merge=2,
+    vision_cls=0,
+    feature_select_attr=None,
+    vision_feature_layer_attr=None,
 )

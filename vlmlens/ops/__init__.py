@@ -22,6 +22,7 @@ from vlmlens.ops.patching import (
     patch_neurons,
     patch_residual,
 )
+from vlmlens.ops.positions import ImagePatches
 from vlmlens.ops.store import ActivationStore, StoreInfo, write_store
 from vlmlens.ops.sweep import repeat_batch, sweep
 
@@ -39,6 +40,7 @@ __all__ = [
     "applied",
     "run_with_interventions",
     "mean_activation",
+    "ImagePatches",
     "RoleMean",
     "top_patches",
     "sweep",

@@ -143,12 +143,11 @@ def run_with_cache(
     results = {(s.tower, s.layer) for s in chosen if s.point is Point.RESULT}
     calls: dict[Site, list[torch.Tensor]] = {s: [] for s in chosen}
 
-    def keep(site: Site, act: torch.Tensor) -> None:
-        act = act.detach() if per_image(site) else _select(act.detach(), site, mask)
-        calls[site].append(act.to(device) if device is not None else act)
+    per_image = {s for s in chosen if model.runs_per_image(s)}
 
-    def per_image(site: Site) -> bool:
-        return _per_image_calls(model, site)
+    def keep(site: Site, act: torch.Tensor) -> None:
+        act = act.detach() if site in per_image else _select(act.detach(), site, mask)
+        calls[site].append(act.to(device) if device is not None else act)
 
     with model.result_hooks(results), applied(model, interventions, layout):
         # Registered after the interventions' hooks, so each site is cached as the model used it (post-edit).
@@ -159,15 +158,9 @@ def run_with_cache(
         finally:
             for handle in handles:
                 handle.remove()
-    store = {s: _join(s, parts) if per_image(s) else parts[0] for s, parts in calls.items()}
+    store = {s: _join(s, parts) if s in per_image else parts[0] for s, parts in calls.items()}
     logits = logits.to(device) if device is not None else logits
     return logits, ActivationCache(store, positions)
-
-
-def _per_image_calls(model: Any, site: Site) -> bool:
-    """Sites called once per image (Qwen2-VL's ViT attends within each image separately)."""
-    return site.tower is Tower.VISION and not model.adapter.vision.batched and site.point in (
-        Point.Q, Point.K, Point.V, Point.PATTERN)
 
 
 def _join(site: Site, parts: list[torch.Tensor]) -> torch.Tensor:

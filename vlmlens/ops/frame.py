@@ -60,7 +60,7 @@ class EditContext:
                 f"these interventions were prepared for a batch of {self.layout.batch_size} sample(s), but {site} "
                 f"runs with {act.shape[0]} rows; pass the batch you run to hooks()/applied()"
             )
-        return Frame(site=site, act_rows=act.shape[0], ctx=self, call=call, step=step)
+        return Frame(site=site, act_shape=tuple(act.shape), ctx=self, call=call, step=step)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,17 +69,21 @@ class Frame:
 
     Attributes:
         site: the site.
-        act_rows: rows of the running activation.
+        act_shape: shape of the running activation.
         ctx: the intervention's compile context.
         call: the running call (stacked copies, their order).
         step: at text sites, the positions this forward covers.
     """
 
     site: Site
-    act_rows: int
+    act_shape: tuple[int, ...]
     ctx: EditContext
     call: Call
     step: Step | None
+
+    @property
+    def act_rows(self) -> int:
+        return self.act_shape[0]
 
     @property
     def model(self) -> Any:
@@ -92,6 +96,14 @@ class Frame:
             layout = self.ctx.layout
             return layout.batch_size if layout is not None else self.act_rows // self.call.copies
         return self.act_rows // self.call.copies
+
+    def image_index(self) -> int:
+        """At a site that fires once per image, which image of the batch is running."""
+        if self.call.copies != 1:
+            raise InterventionError(
+                f"{self.site} runs once per image; editing it from per-image data is supported for a single copy of "
+                "the batch (not inside a sweep or with num_return_sequences > 1)")
+        return self.model._hooks.stack.image_call[self.site.layer]
 
     def rows(self) -> torch.Tensor | None:
         """Row indices this intervention owns (``None``: all rows)."""
@@ -147,10 +159,7 @@ class Frame:
         if positions is None or (isinstance(positions, str) and positions == "all"):
             return None
         if self.site.tower is not Tower.TEXT:
-            raise InterventionError(
-                f"positions=... apply to text sites; {self.site} is a {self.site.tower.value} site. "
-                "Select vision patches with heads/dims or edit the matching text positions instead"
-            )
+            return self._vision_positions(positions, ndim)
         layout = self.ctx.layout
         seq = layout.seq_len if layout is not None else self.step.past + self.step.length
         mask = resolve_positions(positions, layout, seq)
@@ -159,6 +168,25 @@ class Frame:
                 f"the position mask for {self.site} has {mask.shape[0]} rows, the batch has {self.samples}"
             )
         return self.along_seq(self.per_row(self.window(mask, 1, fill=False), "positions"), ndim)
+
+    def _vision_positions(self, positions: Any, ndim: int) -> torch.Tensor:
+        from vlmlens.ops.positions import ImagePatches, patch_lists
+        from vlmlens.ops.vision_positions import vision_patch_mask
+
+        layout = self.ctx.layout
+        if not isinstance(positions, ImagePatches) or layout is None:
+            raise InterventionError(
+                f"{self.site} is a {self.site.tower.value} site: choose its positions with "
+                "ImagePatches([[(row, col), ...] per sample]) on a Batch from model.prepare() "
+                f"(got positions={positions!r})")
+        lists = patch_lists(positions.patches, layout, positions.image)
+        per_image = self.model.runs_per_image(self.site)
+        image_index = self.image_index() if per_image else None
+        mask = vision_patch_mask(self.model, self.site, layout, lists, positions.image,
+                                 self.act_shape[seq_axis(self.site)], image_index)
+        if not per_image and self.model.adapter.vision.batched:
+            mask = self.per_row(mask, "the patch positions")
+        return self.along_seq(mask, ndim)
 
     def select(self, act: torch.Tensor, heads: Sequence[int] | None, dims: Sequence[int] | None) -> torch.Tensor | None:
         """Selection of heads and units (last axis), broadcastable to ``act``, or ``None`` (all)."""

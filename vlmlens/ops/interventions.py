@@ -23,7 +23,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, no_type_check
 
 import torch
 
@@ -31,7 +31,7 @@ from vlmlens.errors import InterventionError
 from vlmlens.hooks import input_hook
 from vlmlens.layout import TokenLayout
 from vlmlens.ops.frame import EditContext, Frame, seq_axis
-from vlmlens.ops.positions import Positions
+from vlmlens.ops.positions import Patches, Positions, patch_lists, token_mask
 from vlmlens.sites import Point, Site, Tower
 
 __all__ = [
@@ -48,9 +48,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-Patches = Any
-"""Image patches: per sample a list of ``(row, col)``, or a ``batch rows cols`` bool tensor."""
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
 
@@ -91,7 +88,7 @@ def _indices(owner: Any, name: str) -> None:
     value = getattr(owner, name)
     if value is None:
         return
-    if isinstance(value, bool) or isinstance(value, int):
+    if isinstance(value, int):  # bool is an int too
         raise InterventionError(f"{name}={value!r} must be a tuple of indices, e.g. {name}=({value},)")
     if isinstance(value, torch.Tensor):
         value = value.tolist()
@@ -127,6 +124,7 @@ def _fits(value: torch.Tensor, act: torch.Tensor, what: str, site: Site, hint: s
                                 f"activation's {tuple(act.shape[1:])} (without its batch axis); {hint}")
 
 
+@no_type_check
 @dataclass(frozen=True, kw_only=True)
 class _SiteEdit(Intervention):
     site: Site | str
@@ -159,6 +157,7 @@ class _SiteEdit(Intervention):
         return [(site, _edit(site, ctx, fn))]
 
 
+@no_type_check
 @dataclass(frozen=True, kw_only=True)
 class Ablate(_SiteEdit):
     """Zero- or mean-ablate a site (optionally only some positions, heads, neurons/dims).
@@ -202,6 +201,7 @@ class Ablate(_SiteEdit):
         return mean.expand_as(act), None
 
 
+@no_type_check
 @dataclass(frozen=True, kw_only=True)
 class Patch(_SiteEdit):
     """Replace a site's activation with one from another run (clean -> corrupt patching).
@@ -223,6 +223,15 @@ class Patch(_SiteEdit):
         src = self.source.to(act.device)
         site = frame.site
         hint = "cache the source with positions='all' from a batch of the same size and length"
+        if frame.model.runs_per_image(site):  # source cached ``image ...``, zero-padded: crop this image's part
+            index = frame.image_index()
+            crop = src[index : index + 1]
+            for axis in ((2, 3) if site.point is Point.PATTERN else (1,)):
+                crop = crop.narrow(axis, 0, act.shape[axis])
+            if index >= src.shape[0] or crop.shape != act.shape:
+                raise InterventionError(f"patch source for {site} has shape {tuple(src.shape)}; image {index} of this "
+                                        f"run has {tuple(act.shape)}. {hint} (run_with_cache stacks images)")
+            return crop, None
         if site.tower is not Tower.TEXT:
             if src.shape[0] != act.shape[0]:
                 src = frame.per_row(src, "the patch source")
@@ -245,6 +254,7 @@ class Patch(_SiteEdit):
         return frame.per_row(new, "the patch source"), frame.along_seq(frame.in_prompt().to(act.device), act.dim())
 
 
+@no_type_check
 @dataclass(frozen=True, kw_only=True)
 class Steer(_SiteEdit):
     """Add ``scale * vector`` to a site (at chosen positions)."""
@@ -263,48 +273,7 @@ class Steer(_SiteEdit):
         return act + self.scale * vector, None
 
 
-def _patch_lists(patches: Patches, layout: TokenLayout, image: int) -> list[list[tuple[int, int]]]:
-    """Validate patches against the layout; per sample the ``(row, col)`` list."""
-    n = layout.batch_size
-    if isinstance(patches, torch.Tensor):
-        if patches.dtype != torch.bool or patches.dim() != 3 or patches.shape[0] != n:
-            raise InterventionError(
-                f"a patch mask must be a bool tensor of shape (batch={n}, rows, cols), got {patches.dtype} "
-                f"{tuple(patches.shape)}")
-        for b in range(n):
-            grid = layout.grid(b, image)
-            if tuple(patches.shape[1:]) != grid:
-                raise InterventionError(f"the patch mask is {tuple(patches.shape[1:])} per sample but image {image} "
-                                        f"of sample {b} has a {grid[0]}x{grid[1]} patch grid")
-        return [[(int(r), int(c)) for r, c in torch.nonzero(p)] for p in patches]
-    if not isinstance(patches, Sequence) or isinstance(patches, str):
-        raise InterventionError(f"patches must be per-sample lists of (row, col) or a bool mask, got "
-                                f"{type(patches).__name__}")
-    lists = [list(p) if isinstance(p, Sequence) else p for p in patches]
-    if len(lists) != n:
-        raise InterventionError(f"got patch lists for {len(lists)} samples, the batch has {n}: give one list of "
-                                "(row, col) per sample, e.g. [[(0, 0)], [(1, 2)]]")
-    for b, plist in enumerate(lists):
-        if not isinstance(plist, list) or not all(
-                isinstance(p, Sequence) and len(p) == 2 and all(isinstance(i, int) for i in p) for p in plist):
-            raise InterventionError(f"patches of sample {b} must be a list of (row, col) int pairs, got {plist!r}")
-        rows, cols = layout.grid(b, image)
-        for r, c in plist:
-            if not (0 <= r < rows and 0 <= c < cols):
-                raise InterventionError(f"patch ({r}, {c}) of sample {b} is outside image {image}'s "
-                                        f"{rows}x{cols} patch grid (rows 0..{rows - 1}, cols 0..{cols - 1})")
-    return lists
-
-
-def _token_mask(patches: Patches, layout: TokenLayout, image: int) -> torch.Tensor:
-    """``batch seq`` mask of the tokens of the chosen patches."""
-    mask = torch.zeros(layout.batch_size, layout.seq_len, dtype=torch.bool)
-    for b, plist in enumerate(_patch_lists(patches, layout, image)):
-        for r, c in plist:
-            mask[b, layout.patch_position(b, r, c, image)] = True
-    return mask
-
-
+@no_type_check
 @dataclass(frozen=True, kw_only=True)
 class MaskPixels(Intervention):
     """Grey out image patches in pixel space, before the vision encoder.
@@ -326,7 +295,7 @@ class MaskPixels(Intervention):
         layout = ctx.layout
         if layout is None:
             raise InterventionError("MaskPixels needs a Batch from model.prepare() (its layout names the patches)")
-        lists = _patch_lists(self.patches, layout, self.image)
+        lists = patch_lists(self.patches, layout, self.image)
         model = ctx.model
 
         def fn(pixels: torch.Tensor) -> torch.Tensor:
@@ -337,6 +306,7 @@ class MaskPixels(Intervention):
         return [("pixels", fn)]
 
 
+@no_type_check
 @dataclass(frozen=True, kw_only=True)
 class MaskTokens(Intervention):
     """Replace chosen image-token embeddings after the projector (at ``text.hook_embed``).
@@ -359,7 +329,7 @@ class MaskTokens(Intervention):
         layout = ctx.layout
         if layout is None:
             raise InterventionError("MaskTokens needs a Batch from model.prepare()")
-        mask = _token_mask(self.patches, layout, self.image)
+        mask = token_mask(self.patches, layout, self.image)
         site = Site(Tower.TEXT, Point.EMBED)
         if isinstance(self.fill, torch.Tensor) and tuple(self.fill.shape) != (ctx.model.d_model,):
             raise InterventionError(f"MaskTokens fill has shape {tuple(self.fill.shape)}, expected "
@@ -375,6 +345,7 @@ class MaskTokens(Intervention):
         return [(site, _edit(site, ctx, fn))]
 
 
+@no_type_check
 @dataclass(frozen=True, kw_only=True)
 class BlockAttention(Intervention):
     """Block attention edges from query positions to image patches in chosen text layers.
@@ -405,7 +376,7 @@ class BlockAttention(Intervention):
         layout = ctx.layout
         if layout is None:
             raise InterventionError("BlockAttention needs a Batch from model.prepare()")
-        keys = _token_mask(self.patches, layout, self.image)
+        keys = token_mask(self.patches, layout, self.image)
         out = []
         for layer in self.layers:
             site = ctx.model.site(Site(Tower.TEXT, Point.PATTERN, layer))
@@ -422,6 +393,9 @@ class BlockAttention(Intervention):
 
             out.append((site, _edit(site, ctx, fn)))
         return out
+
+
+@no_type_check
 
 
 def compile_all(model: Any, interventions: Sequence[Intervention], layout: TokenLayout | None,
@@ -443,6 +417,7 @@ def compile_all(model: Any, interventions: Sequence[Intervention], layout: Token
 
 
 @contextlib.contextmanager
+@no_type_check
 def applied(
     model: Any,
     interventions: Sequence[Intervention],
@@ -479,6 +454,9 @@ def applied(
     finally:
         for handle in handles:
             handle.remove()
+
+
+@no_type_check
 
 
 def run_with_interventions(model: Any, batch: Any, interventions: Sequence[Intervention]) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, no_type_check
 
 import torch
 
@@ -80,6 +80,9 @@ def _role_masks(layout: TokenLayout) -> dict[str, torch.Tensor]:
     question &= ~image & ~last
     other = ~layout.padding & ~image & ~question & ~last
     return {"last": last, "question": question, "other": other}
+
+
+@no_type_check
 
 
 def mean_activation(model: Any, batches: Batch | Iterable[Batch], site: Site | str) -> RoleMean | torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from typing import no_type_check
 
 import torch
 
@@ -19,6 +20,9 @@ def repeat_batch(batch: Batch, copies: int) -> Batch:
     """``copies`` copies of a batch stacked along the batch axis (copy-major), layout unchanged."""
     inputs = {k: torch.cat([v] * copies) for k, v in batch.inputs.items()}
     return Batch(inputs, batch.layout, batch.questions)
+
+
+@no_type_check
 
 
 def sweep(

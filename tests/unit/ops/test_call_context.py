@@ -217,3 +217,18 @@ def test_unused_llava_vision_layer_is_flagged(caplog):
     assert "never reaches the language model" in caplog.text
     assert torch.equal(edited, model.forward(batch))  # and indeed changes nothing
     model.hf_model.config.vision_feature_layer = feature
+
+
+def test_edits_reach_layers_read_through_transformers_capture_even_if_it_came_first():
+    hf, processor = tiny_hf("llava")
+    fresh, _ = tiny_hf("llava")
+    used = HookedVLM.from_hf(fresh, processor)
+    batch = used.prepare(tiny_images(1), ["Is there a cat?"])
+    with torch.no_grad():
+        hf(**batch.inputs)  # transformers installs its hidden-state capture hooks now, before vlmlens's
+    model = HookedVLM.from_hf(hf, processor)
+    feature = model.hf_model.config.vision_feature_layer % (model.n_vision_layers + 1) - 1  # the block it reads
+    edit = [Ablate(site=f"vision.blocks.{feature}.hook_resid_post", dims=(0, 1, 2, 3))]
+    got = run_with_interventions(model, batch, edit)
+    assert (got - model.forward(batch)).abs().max() > 1e-5
+    assert (got - run_with_interventions(used, batch, edit)).abs().max() <= 1e-6

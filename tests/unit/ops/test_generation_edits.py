@@ -14,6 +14,7 @@ import contextlib
 import pytest
 import torch
 
+from vlmlens.context import Call
 from vlmlens.ops import (
     Ablate,
     BlockAttention,
@@ -25,7 +26,6 @@ from vlmlens.ops import (
     run_with_cache,
 )
 from vlmlens.ops.pixels import pixel_mask
-from vlmlens.context import Call
 from vlmlens.testing import tiny_images
 
 TOL = 1e-4
