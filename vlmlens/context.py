@@ -112,6 +112,8 @@ class CallStack:
         calls: entered by vlmlens entry points (sweep, generate) for their duration.
         steps: pushed by the language model's pre-hook, popped when its forward ends.
         results: per ``(tower, layer)``, how many active requests want per-head results.
+        patterns: per ``(tower, layer)``, how many active requests need the attention
+            pattern (computed with eager attention there; other layers use the model's kernel).
         image_call: per vision layer of a tower that attends image by image (Qwen2-VL),
             the index of the image whose attention is being computed (reset by each
             call of that attention module).
@@ -120,6 +122,7 @@ class CallStack:
     calls: list[Call] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
     results: Counter = field(default_factory=Counter)
+    patterns: Counter = field(default_factory=Counter)
     image_call: dict[int, int] = field(default_factory=dict)
 
     @property
@@ -142,14 +145,16 @@ class CallStack:
             self.calls.pop()
 
     @contextlib.contextmanager
-    def requesting_results(self, keys: Any) -> Iterator[None]:
-        """Request per-head results for ``keys`` (``(tower, layer)`` pairs) while inside; requests nest."""
+    def requesting(self, kind: Literal["result", "pattern"], keys: Any) -> Iterator[None]:
+        """Request per-head results or attention patterns for ``keys`` (``(tower, layer)`` pairs)
+        while inside; requests nest, and leaving restores what was requested before."""
+        counter = self.results if kind == "result" else self.patterns
         keys = list(keys)
-        self.results.update(keys)
+        counter.update(keys)
         try:
             yield
         finally:
-            self.results.subtract(keys)
+            counter.subtract(keys)
             for key in keys:
-                if self.results[key] <= 0:
-                    del self.results[key]
+                if counter[key] <= 0:
+                    del counter[key]

@@ -13,11 +13,11 @@ hooks keep it causal by construction:
   residual ``x`` is carried past the block's own residual add by adding ``x' - x`` to
   the MLP output, so the block returns ``x' + mlp(norm(x'))``.
 * ``hook_result`` (each head's write into the residual) is computed only for the
-  layers the running call requests (:meth:`vlmlens.context.CallStack.requesting_results`);
+  layers the running call requests (:meth:`vlmlens.context.CallStack.requesting`);
   when a head is edited the attention output is rebuilt as the sum over heads (plus
   bias), so edits to single heads propagate.
-* ``hook_q/k/v/pattern`` live inside :func:`attention_forward`, registered with
-  transformers' ``AttentionInterface`` under the name ``"vlmlens"``. With a KV cache,
+* ``hook_q/k/v/pattern`` live inside the attention function of :mod:`vlmlens.attention`,
+  registered with transformers' ``AttentionInterface``. With a KV cache,
   ``hook_k``/``hook_v`` fire as the new keys and values enter the cache, so an edit made
   at the prompt is what every later decoding step reads. They fire in the order k, v, q.
 * A tower without a batch axis (Qwen2-VL's ViT packs all patches of all images into one
@@ -41,14 +41,13 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from vlmlens import attention
 from vlmlens.adapters.base import Adapter, TowerSpec
 from vlmlens.context import CallStack, Step
 from vlmlens.errors import InputError
 from vlmlens.sites import Point, Site, Tower
 
-__all__ = ["HookPoint", "InstalledHooks", "install", "input_hook", "attention_forward", "ATTN_IMPLEMENTATION"]
-
-ATTN_IMPLEMENTATION = "vlmlens"
+__all__ = ["HookPoint", "InstalledHooks", "install", "input_hook"]
 
 _MODULE_NAME: dict[Point, str] = {
     Point.RESID_PRE: "hook_resid_pre",
@@ -72,6 +71,23 @@ class HookPoint(nn.Module):
 
     def forward(self, x: Any) -> Any:
         return x
+
+
+class PatternPoint(HookPoint):
+    """The hook point of an attention pattern, which knows whether the running call needs it.
+
+    Attributes:
+        key: ``(tower, layer)`` of its attention.
+        stack: the model's per-call context.
+    """
+
+    def __init__(self, key: tuple[Tower, int], stack: CallStack) -> None:
+        super().__init__()
+        self.key, self.stack = key, stack
+
+    def requested(self) -> bool:
+        """Whether some active call reads or writes this pattern (or any hook is on this point)."""
+        return bool(self.stack.patterns.get(self.key)) or bool(self._forward_hooks or self._forward_pre_hooks)
 
 
 @dataclass
@@ -111,7 +127,7 @@ def _get(root: nn.Module, path: str) -> nn.Module:
 
 
 def _attach(parent: nn.Module, name: str, parent_path: str, hooks: InstalledHooks, site: Site) -> HookPoint:
-    point = HookPoint()
+    point = PatternPoint((site.tower, site.layer), hooks.stack) if site.point is Point.PATTERN else HookPoint()
     parent.add_module(name, point)
     hooks.paths[site] = f"{parent_path}.{name}" if parent_path else name
     return point
@@ -274,8 +290,6 @@ class _HookedCache:
         return getattr(self._cache, name)
 
 
-KV_HOOKED = "vlmlens_kv_hooked"
-"""Keyword that tells :func:`attention_forward` that k and v already passed their hooks."""
 
 
 def _cache_hook(attn: nn.Module):
@@ -285,7 +299,7 @@ def _cache_hook(attn: nn.Module):
         key, cache = _cache(kwargs)
         if cache is None:
             return None
-        return args, {**kwargs, key: _HookedCache(cache, attn), KV_HOOKED: True}
+        return args, {**kwargs, key: _HookedCache(cache, attn), attention.KV_HOOKED: True}
 
     return hook
 
@@ -397,7 +411,6 @@ def install(model: nn.Module, adapter: Adapter) -> tuple[InstalledHooks, int, in
             f"this {type(model).__name__} is already wrapped by a HookedVLM (it carries vlmlens hook points); "
             "reuse that HookedVLM, or call its unwrap() to restore the plain model before wrapping it again"
         )
-    _register_attention()
     hooks = InstalledHooks()
     cfg = model.config
     text_cfg, vision_cfg = getattr(cfg, adapter.text.config), getattr(cfg, adapter.vision.config)
@@ -411,67 +424,5 @@ def install(model: nn.Module, adapter: Adapter) -> tuple[InstalledHooks, int, in
     hooks.handles.append(projector.register_forward_hook(_output_hook(p_out, packed), prepend=True))
     for sub in (text_cfg, vision_cfg, cfg):
         hooks.attn_implementations.append((sub, sub._attn_implementation))
-        sub._attn_implementation = ATTN_IMPLEMENTATION
+        sub._attn_implementation = attention.implementation_name(sub._attn_implementation)
     return hooks, n_text, n_vision
-
-
-def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
-    if groups == 1:
-        return x
-    b, h, s, d = x.shape
-    return x[:, :, None, :, :].expand(b, h, groups, s, d).reshape(b, h * groups, s, d)
-
-
-def attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    softcap: float | None = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eager attention with q, k, v and the pattern routed through hook points.
-
-    The arithmetic is transformers' eager attention, step for step (with Gemma-2's
-    logit soft-capping when ``softcap`` is given), so results match
-    ``attn_implementation="eager"`` exactly. q/k/v hooks see ``batch seq head d_head``
-    (after rotary embeddings, before key/value heads are repeated for GQA); where a KV
-    cache is in use, k and v already passed their hooks on the way into the cache
-    (see ``_HookedCache``), so they cover this forward's new positions only. The pattern
-    hook sees ``batch head q_seq k_seq`` after softmax.
-    """
-    if scaling is None:
-        scaling = module.head_dim**-0.5
-    hooked = getattr(module, "hook_q", None) is not None
-    if hooked:
-        if not kwargs.get(KV_HOOKED):
-            key = module.hook_k(key.transpose(1, 2)).transpose(1, 2)
-            value = module.hook_v(value.transpose(1, 2)).transpose(1, 2)
-        query = module.hook_q(query.transpose(1, 2)).transpose(1, 2)
-    groups = getattr(module, "num_key_value_groups", 1)
-    key_states = _repeat_kv(key, groups)
-    value_states = _repeat_kv(value, groups)
-    weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling
-    if softcap is not None:
-        weights = torch.tanh(weights / softcap) * softcap
-    if attention_mask is not None:
-        weights = weights + attention_mask
-    weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
-    if hooked:
-        weights = module.hook_pattern(weights)
-    output = torch.matmul(weights, value_states)
-    return output.transpose(1, 2).contiguous(), weights
-
-
-def _register_attention() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
-
-    if ATTN_IMPLEMENTATION not in AttentionInterface._global_mapping:
-        AttentionInterface.register(ATTN_IMPLEMENTATION, attention_forward)
-    if ATTN_IMPLEMENTATION not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
-        ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_IMPLEMENTATION, eager_mask)

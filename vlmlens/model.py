@@ -176,7 +176,7 @@ class HookedVLM:
         architecture = (config.architectures or [type(config).__name__])[0]
         adapter = get_adapter(architecture, _text_model_type(config))
         model_cls = getattr(transformers, adapter.architecture)
-        load_kwargs: dict[str, Any] = {"attn_implementation": "eager", **kwargs}
+        load_kwargs: dict[str, Any] = dict(kwargs)
         if torch_dtype is not None:
             load_kwargs["dtype"] = torch_dtype
         if device_map is not None:
@@ -328,6 +328,14 @@ class HookedVLM:
             InputError: the site fires once per image and ``per_image`` was not set
                 (reading ``.output`` would silently give the first image only).
         """
+        parsed = self.site(site)
+        if (parsed.point is Point.PATTERN and self.attn_implementation != "eager"
+                and not self._hooks.stack.patterns.get((parsed.tower, parsed.layer))):
+            raise InputError(
+                f"{parsed} is only computed where a call asks for it: this model attends with "
+                f"{self.attn_implementation}, which never forms the pattern. Wrap the trace in "
+                "`with model.patterns():` (or model.patterns([(tower, layer)])), or use run_with_cache"
+            )
         if self.runs_per_image(site) and not per_image:
             raise InputError(
                 f"{self.site(site)} runs once per image in {self.adapter.architecture} (its vision tower attends "
@@ -348,10 +356,32 @@ class HookedVLM:
         and leaves the outer ones on when it exits.
         """
         if layers is None:
-            layers = [(tower, layer) for tower, n in ((Tower.TEXT, self.n_layers), (Tower.VISION, self.n_vision_layers))
-                      for layer in range(n)]
-        with self._hooks.stack.requesting_results(layers):
+            layers = self._all_layers()
+        with self._hooks.stack.requesting("result", layers):
             yield
+
+    @contextlib.contextmanager
+    def patterns(self, layers: Iterable[tuple[Tower, int]] | None = None) -> Iterator[None]:
+        """Compute attention patterns (``attn.hook_pattern``) while inside (all layers, or the given ones).
+
+        The model attends with the kernel it was loaded with (SDPA by default), which never
+        forms the pattern; requested layers attend eagerly instead, with the pattern routed
+        through its hook point. ``run_with_cache`` and interventions request the layers they
+        touch; wrap a raw :meth:`trace` that reads patterns in this context.
+        """
+        if layers is None:
+            layers = self._all_layers()
+        with self._hooks.stack.requesting("pattern", layers):
+            yield
+
+    def _all_layers(self) -> list[tuple[Tower, int]]:
+        return [(tower, layer) for tower, n in ((Tower.TEXT, self.n_layers), (Tower.VISION, self.n_vision_layers))
+                for layer in range(n)]
+
+    @property
+    def attn_implementation(self) -> str:
+        """The attention kernel the model was loaded with (``"sdpa"`` or ``"eager"``)."""
+        return self.text_config._attn_implementation.removeprefix("vlmlens_")
 
     def unwrap(self) -> nn.Module:
         """Remove every vlmlens hook and hook point and return the plain transformers model.

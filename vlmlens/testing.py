@@ -29,7 +29,8 @@ __all__ = ["tiny_hf", "tiny_images", "tiny_vlm"]
 
 
 def tiny_hf(
-    family: Literal["llava", "paligemma", "qwen2_vl"], *, seed: int = 0
+    family: Literal["llava", "paligemma", "qwen2_vl"], *, seed: int = 0,
+    attn_implementation: Literal["eager", "sdpa"] = "eager",
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
     """A tiny random HF model of a family, with its working processor.
 
@@ -40,6 +41,8 @@ def tiny_hf(
     Args:
         family: ``"llava"``, ``"paligemma"`` or ``"qwen2_vl"``.
         seed: Seed for the random weights (``torch.manual_seed`` before construction).
+        attn_implementation: The attention kernel (``"eager"``, or ``"sdpa"`` as transformers
+            loads these families by default).
 
     Returns:
         ``(model, processor)``: a ``LlavaForConditionalGeneration``,
@@ -56,10 +59,15 @@ def tiny_hf(
     model = MODEL_CLASSES[family](config)
     model.to(torch.float32)
     model.eval()
+    for sub in (config, config.text_config, config.vision_config):
+        sub._attn_implementation = attn_implementation
     return model, processor
 
 
-def tiny_vlm(family: Literal["llava", "paligemma", "qwen2_vl"], *, seed: int = 0) -> HookedVLM:
+def tiny_vlm(
+    family: Literal["llava", "paligemma", "qwen2_vl"], *, seed: int = 0,
+    attn_implementation: Literal["eager", "sdpa"] = "eager",
+) -> HookedVLM:
     """A tiny random HookedVLM of a family, built offline (see :func:`tiny_hf`).
 
     Example:
@@ -69,7 +77,7 @@ def tiny_vlm(family: Literal["llava", "paligemma", "qwen2_vl"], *, seed: int = 0
     """
     from vlmlens.model import HookedVLM
 
-    return HookedVLM.from_hf(*tiny_hf(family, seed=seed))
+    return HookedVLM.from_hf(*tiny_hf(family, seed=seed, attn_implementation=attn_implementation))
 
 
 def tiny_images(n: int, size: int = 32, seed: int = 0) -> list[Image.Image]:
