@@ -362,23 +362,25 @@ def _endpoints(model: Any, clean: Batch, corrupt: Batch, clean_logits: torch.Ten
             "corrupt_metric": _scalar(metric(model.forward(corrupt), corrupt))}
 
 
-def _scalar(value: Any) -> float:
+def _scalar_tensor(value: Any) -> Tensor:
+    """The metric's value as a 0-d tensor (left on its device)."""
     tensor = torch.as_tensor(value)
     if tensor.numel() != 1:
         raise InputError(f"the patching metric must return a scalar, got shape {tuple(tensor.shape)}; "
                          "reduce over the batch (e.g. .mean())")
-    return float(tensor)
+    return tensor.detach().reshape(()).float()
+
+
+def _scalar(value: Any) -> float:
+    return float(_scalar_tensor(value))
 
 
 def _measure(model: Any, corrupt: Batch, conditions: list[list[Patch]], metric: Metric, chunk_size: int) -> Tensor:
     """Metric of each condition, running ``chunk_size`` conditions per stacked forward."""
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise InputError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
-    values: list[float] = []
-    for start in range(0, len(conditions), chunk_size):
-        logits = sweep(model, corrupt, conditions[start : start + chunk_size], chunk_size=chunk_size)
-        values += [_scalar(metric(one, corrupt)) for one in logits]
-    return torch.tensor(values)
+    return sweep(model, corrupt, conditions, chunk_size=chunk_size,
+                 reduce=lambda logits, batch: _scalar_tensor(metric(logits, batch)))
 
 
 def _check_layouts(clean: Batch, corrupt: Batch) -> TokenLayout:

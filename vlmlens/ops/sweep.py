@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import no_type_check
 
 import torch
@@ -31,6 +31,7 @@ def sweep(
     conditions: Sequence[Sequence[Intervention]],
     *,
     chunk_size: int = 8,
+    reduce: Callable[[torch.Tensor, Batch], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Run each condition (a list of interventions) on the same inputs.
 
@@ -43,9 +44,12 @@ def sweep(
         batch: from ``model.prepare``.
         conditions: one list of interventions per condition (``[]`` = clean run).
         chunk_size: conditions per forward.
+        reduce: ``reduce(logits, batch) -> tensor`` applied to each condition's logits on the
+            model's device (e.g. a patching metric), so only its result is copied to the CPU.
 
     Returns:
-        Logits ``condition batch seq vocab`` on the CPU.
+        Logits ``condition batch seq vocab`` on the CPU, or with ``reduce`` the stacked
+        reductions ``condition ...``.
     """
     if not isinstance(batch, Batch):
         raise InputError("sweep needs a Batch from model.prepare() (its layout names positions and patches)")
@@ -64,5 +68,8 @@ def sweep(
             for i, condition in enumerate(chunk):
                 stack.enter_context(applied(model, condition, batch.layout, copy=i))
             logits = model.forward(stacked)
-        out.append(logits.view(len(chunk), size, *logits.shape[1:]).cpu())
+        per_condition = logits.view(len(chunk), size, *logits.shape[1:])
+        if reduce is not None:
+            per_condition = torch.stack([torch.as_tensor(reduce(one, batch)) for one in per_condition])
+        out.append(per_condition.cpu())
     return torch.cat(out)

@@ -248,3 +248,15 @@ def test_generate_with_patch_applies_at_prompt_step(model, single):
     clean = model.generate(single, max_new_tokens=3)
     assert torch.equal(same.token_ids, clean.token_ids)
     assert torch.allclose(same.scores, clean.scores, atol=1e-5)
+
+
+def test_sweep_reduces_each_condition_on_the_device(model, batch):
+    conditions = [[], [Ablate(site="text.blocks.0.attn.hook_z", heads=(1,))], [Ablate(site="text.blocks.1.hook_mlp_out")]]
+
+    def last_logit_sum(logits, b):
+        return logits[:, -1].sum(-1)
+
+    full = sweep(model, batch, conditions, chunk_size=2)
+    reduced = sweep(model, batch, conditions, chunk_size=2, reduce=last_logit_sum)
+    assert reduced.shape == (3, len(batch))
+    assert torch.allclose(reduced, torch.stack([last_logit_sum(one, batch) for one in full]), atol=1e-5)
