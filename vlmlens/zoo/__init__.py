@@ -2,7 +2,9 @@
 
 Three toys, one per family, trained from scratch on SynthPOPE on a CPU:
 ``toy-llava``, ``toy-paligemma`` and ``toy-qwen2vl``. Also the builders of the tiny
-random models used in tests (see :mod:`vlmlens.testing`).
+random models used in tests (see :mod:`vlmlens.testing`). Zoo v2, the controlled fusion
+experiment (three arms that differ only in fusion), is trained by
+:func:`vlmlens.zoo.fusion.train_fusion`.
 
 Example:
     >>> from vlmlens.zoo import load_pretrained

@@ -3,7 +3,7 @@
 The top-level ``vlmlens`` command dispatches ``vlmlens zoo ...`` here::
 
     vlmlens zoo list
-    vlmlens zoo train --family llava --out DIR --seed 0 [--steps N] [--threads 1]
+    vlmlens zoo train --family llava --out DIR --seed 0 [--steps N] [--threads 1] [--version 2]
     vlmlens zoo eval toy-llava --split adversarial [--n-images 500] [--seed 0]
 """
 
@@ -40,6 +40,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p_train.add_argument("--seed", type=int, default=0)
     p_train.add_argument("--steps", type=int, default=None, help="main-stage steps (default: the recipe's)")
     p_train.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p_train.add_argument(
+        "--version",
+        type=int,
+        default=1,
+        choices=[1, 2],
+        help="zoo recipe: 1 = the shipped toys, 2 = the fusion experiment (vlmlens.zoo.fusion)",
+    )
 
     p_eval = sub.add_parser("eval", help="POPE metrics of a zoo model on a SynthPOPE split")
     p_eval.add_argument("model", help="zoo name (e.g. toy-llava) or checkpoint folder")
@@ -90,9 +97,11 @@ def _list() -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from vlmlens.zoo.fusion import train_fusion
     from vlmlens.zoo.train import train
 
-    result = train(args.family, args.out, seed=args.seed, steps=args.steps, threads=args.threads)
+    trainer = train_fusion if args.version == 2 else train
+    result = trainer(args.family, args.out, seed=args.seed, steps=args.steps, threads=args.threads)
     print(
         f"trained {result.family} ({result.n_params / 1e6:.2f}M params) in {result.seconds:.0f} s "
         f"with {result.threads} thread(s); final loss {result.final_loss:.3f}; saved to {result.out}"

@@ -1,9 +1,12 @@
 """Hugging Face configs of the tiny test models and the toy zoo models.
 
-Two sizes per family:
+Three sizes per family:
 
 * ``"tiny"``: random models for unit tests (2 text layers, 2 vision layers, 32x32 images).
-* ``"toy"``: the shipped, trained zoo models (4 text layers, 64x64 images, <= 10 MB fp32).
+* ``"toy"``: the shipped, trained zoo models of v1 (4 text layers, width 128, 64x64 images,
+  <= 10 MB fp32).
+* ``"toy2"``: the zoo v2 fusion experiment (6 text layers, width 192, 64x64 images), the
+  same dimensions and key-value heads in every family so that the arms differ in fusion only.
 
 Token ids in the configs are read from the family's tokenizer, so a config always
 matches the tokenizer it was built with.
@@ -37,8 +40,8 @@ from transformers.models.qwen2_vl.configuration_qwen2_vl import (
 from vlmlens.zoo.errors import ZooError, check_family
 from vlmlens.zoo.tokenizer import Family, build_tokenizer
 
-Size = Literal["tiny", "toy"]
-SIZES: tuple[Size, ...] = ("tiny", "toy")
+Size = Literal["tiny", "toy", "toy2"]
+SIZES: tuple[Size, ...] = ("tiny", "toy", "toy2")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +60,8 @@ class Dims:
         image_size: Square image side the processors produce (Qwen2-VL: the smallest).
         patch_size: Vision patch side in pixels.
         max_positions: Text position embeddings (RoPE table size).
+        n_kv_heads: Text key-value heads; ``None`` keeps the family's own
+            (:data:`KV_HEADS`), a number sets it in every family.
     """
 
     d_model: int
@@ -70,6 +75,7 @@ class Dims:
     image_size: int
     patch_size: int
     max_positions: int = 512
+    n_kv_heads: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_heads", "d_vision", "n_vision_heads", "image_size", "patch_size"):
@@ -78,6 +84,10 @@ class Dims:
         if self.d_model % self.n_heads:
             raise ZooError(
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}."
+            )
+        if self.n_kv_heads is not None and (self.n_kv_heads <= 0 or self.n_heads % self.n_kv_heads):
+            raise ZooError(
+                f"n_kv_heads={self.n_kv_heads} must be positive and divide n_heads={self.n_heads}."
             )
         if self.d_vision % self.n_vision_heads:
             raise ZooError(
@@ -119,10 +129,28 @@ DIMS: dict[Size, Dims] = {
         image_size=64,
         patch_size=8,
     ),
+    "toy2": Dims(
+        d_model=192,
+        d_mlp=512,
+        n_layers=6,
+        n_heads=6,
+        d_vision=128,
+        d_vision_mlp=384,
+        n_vision_layers=3,
+        n_vision_heads=4,
+        image_size=64,
+        patch_size=8,
+        n_kv_heads=2,
+    ),
 }
 
 #: Key-value heads per family (Llama / Qwen2: grouped-query; Gemma: multi-query, as PaliGemma-3B).
 KV_HEADS: dict[Family, int] = {"llava": 2, "paligemma": 1, "qwen2_vl": 2}
+
+
+def kv_heads(family: Family, d: Dims) -> int:
+    """Text key-value heads of a family at some dimensions."""
+    return d.n_kv_heads if d.n_kv_heads is not None else KV_HEADS[family]
 
 
 def dims(size: Size) -> Dims:
@@ -149,7 +177,7 @@ def build_config(
 
     Args:
         family: ``"llava"``, ``"paligemma"`` or ``"qwen2_vl"``.
-        size: ``"tiny"`` or ``"toy"``.
+        size: ``"tiny"``, ``"toy"`` or ``"toy2"``.
         tokenizer: The tokenizer the model will use (default: the family's zoo tokenizer).
             For PaliGemma pass the processor's tokenizer.
 
@@ -191,7 +219,7 @@ def _llava(d: Dims, tok: PreTrainedTokenizerFast, vocab_size: int) -> LlavaConfi
         intermediate_size=d.d_mlp,
         num_hidden_layers=d.n_layers,
         num_attention_heads=d.n_heads,
-        num_key_value_heads=KV_HEADS["llava"],
+        num_key_value_heads=kv_heads("llava", d),
         max_position_embeddings=d.max_positions,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
@@ -227,7 +255,7 @@ def _paligemma(d: Dims, tok: PreTrainedTokenizerFast, vocab_size: int) -> PaliGe
         "intermediate_size": d.d_mlp,
         "num_hidden_layers": d.n_layers,
         "num_attention_heads": d.n_heads,
-        "num_key_value_heads": KV_HEADS["paligemma"],
+        "num_key_value_heads": kv_heads("paligemma", d),
         "head_dim": d.head_dim,
         "max_position_embeddings": d.max_positions,
         "bos_token_id": tok.bos_token_id,
@@ -272,7 +300,7 @@ def _qwen2_vl(d: Dims, tok: PreTrainedTokenizerFast, vocab_size: int) -> Qwen2VL
         intermediate_size=d.d_mlp,
         num_hidden_layers=d.n_layers,
         num_attention_heads=d.n_heads,
-        num_key_value_heads=KV_HEADS["qwen2_vl"],
+        num_key_value_heads=kv_heads("qwen2_vl", d),
         max_position_embeddings=d.max_positions,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section},
         bos_token_id=tok.bos_token_id,

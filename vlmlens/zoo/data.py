@@ -132,6 +132,10 @@ class TrainSet:
         prompts: Per tokenized prompt, its token-level tensors (``input_ids`` and the
             family's type ids), 1-D.
         examples: All examples, QA first, then captions.
+        pad_id: The padding token id.
+        segments: Per image, the visible object at each pixel (see :func:`object_map`).
+        image_token_id: The image placeholder token, which :func:`collate` drops from
+            text-only batches (``None``: unknown, no text-only batches).
     """
 
     family: Family
@@ -142,6 +146,7 @@ class TrainSet:
     examples: list[Example]
     pad_id: int
     segments: list[np.ndarray] = field(default_factory=list)
+    image_token_id: int | None = None
 
     def by_kind(self, kind: str) -> list[int]:
         """Indices of the examples of one kind."""
@@ -260,6 +265,7 @@ def build_train_set(family: Family, processor: ProcessorMixin, cfg: DataConfig) 
         examples=qa + captions + grounding,
         pad_id=processor.tokenizer.pad_token_id,
         segments=segments,
+        image_token_id=processor.tokenizer.image_token_id,
     )
 
 
@@ -342,12 +348,15 @@ def _tokenize_follow_up(family: Family, processor: ProcessorMixin, question: str
     return out
 
 
-def collate(ts: TrainSet, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+def collate(ts: TrainSet, indices: Sequence[int], *, text_only: bool = False) -> dict[str, torch.Tensor]:
     """A right-padded training batch with labels on the answer tokens only.
 
     Args:
         ts: The training set.
         indices: Example indices.
+        text_only: Withhold the images: drop the image placeholder tokens from the
+            prompts and return no pixels (text-only language-model training on the
+            same questions and answers).
 
     Returns:
         Model inputs including ``labels`` (``-100`` on prompt and padding); for
@@ -355,14 +364,21 @@ def collate(ts: TrainSet, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         ``mm_token_type_ids`` and ``image_grid_thw``. Also, not model inputs:
         ``aux_pos`` (the last prompt position of the first turn), ``aux_asked`` (the
         asked object, ``-100`` for none) and ``aux_presence`` (multi-hot objects).
+
+    Raises:
+        ZooError: For ``text_only`` on a training set without an image token id.
     """
+    if text_only and ts.image_token_id is None:
+        raise ZooError("Text-only batches need TrainSet.image_token_id; rebuild it with build_train_set.")
     examples = [ts.examples[i] for i in indices]
+    used = {prompt for e in examples for prompt, _ in e.turns}
+    prompts = {i: _without_images(ts.prompts[i], ts.image_token_id) if text_only else ts.prompts[i] for i in used}
     seqs, labs, types, mm = [], [], [], []
-    aux_pos = [len(ts.prompts[e.turns[0][0]]["input_ids"]) - 1 for e in examples]
+    aux_pos = [len(prompts[e.turns[0][0]]["input_ids"]) - 1 for e in examples]
     for e in examples:
         seq, lab, typ, mmt = [], [], [], []
         for prompt, answer in e.turns:
-            p = ts.prompts[prompt]
+            p = prompts[prompt]
             ans = torch.tensor(answer, dtype=torch.long)
             seq += [p["input_ids"], ans]
             lab += [torch.full_like(p["input_ids"], -100), ans]
@@ -389,6 +405,8 @@ def collate(ts: TrainSet, indices: Sequence[int]) -> dict[str, torch.Tensor]:
     batch["aux_pos"] = torch.tensor(aux_pos)
     batch["aux_asked"] = torch.tensor([e.asked for e in examples])
     batch["aux_presence"] = ts.labels[[e.image for e in examples]]
+    if text_only:
+        return batch
     pix = [ts.pixels[e.image] for e in examples]
     if ts.family == "qwen2_vl":
         batch["pixel_values"] = torch.cat([p["pixel_values"] for p in pix])
@@ -396,6 +414,11 @@ def collate(ts: TrainSet, indices: Sequence[int]) -> dict[str, torch.Tensor]:
     else:
         batch["pixel_values"] = torch.stack([p["pixel_values"] for p in pix])
     return batch
+
+
+def _without_images(prompt: dict[str, torch.Tensor], image_token_id: int | None) -> dict[str, torch.Tensor]:
+    keep = prompt["input_ids"] != image_token_id
+    return {k: v[keep] for k, v in prompt.items()}
 
 
 def _pad(rows: Sequence[torch.Tensor], width: int, value: int) -> torch.Tensor:

@@ -20,8 +20,11 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import (
     AutoConfig,
     AutoProcessor,
@@ -146,6 +149,37 @@ def resolve(name_or_path: str | Path) -> Path:
     raise ZooError(
         f"{str(name_or_path)!r} is neither a zoo model ({', '.join(ZOO)}) nor a checkpoint folder."
     )
+
+
+def compact_weights(path: str | Path, dtype: Literal["float16", "bfloat16"] = "float16") -> int:
+    """Store a checkpoint's floating-point weights in half precision, in place.
+
+    ``config.json`` keeps its ``dtype`` (float32), so ``from_pretrained`` (and
+    :func:`load_model`) still build a float32 model and upcast the stored weights: the
+    file halves, the model computes in float32 with weights rounded to ``dtype``.
+
+    Args:
+        path: A checkpoint folder with a single ``model.safetensors``.
+        dtype: Storage dtype.
+
+    Returns:
+        The new size of ``model.safetensors`` in bytes.
+
+    Raises:
+        ZooError: If the folder has no ``model.safetensors``.
+    """
+    file = Path(path) / "model.safetensors"
+    if not file.is_file():
+        raise ZooError(f"No model.safetensors in {path}; compact_weights needs a single-file checkpoint.")
+    target = getattr(torch, dtype)
+    with safe_open(file, framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    # Copies (not views of the mapped file), which is then overwritten.
+    tensors = {k: v.to(target) if v.is_floating_point() else v.clone() for k, v in tensors.items()}
+    save_file(tensors, file, metadata=metadata)
+    file.chmod(0o644)
+    return file.stat().st_size
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:

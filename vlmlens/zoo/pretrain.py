@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -111,7 +112,8 @@ def pretrain_vision_tower(
     """
     tower = tower_of(family, model)
     cell = token_cell(family, model)
-    layout = [torch.from_numpy(cell_labels(seg, cell)) for seg in ts.segments]
+    side = None if family == "qwen2_vl" else model.config.vision_config.image_size
+    layout = [torch.from_numpy(cell_labels(_resized(seg, side), cell)) for seg in ts.segments]
     torch.manual_seed(seed)
     width = tower_features(family, model, ts.pixels[:1])[0].shape[-1]
     n_objects = ts.labels.shape[1]
@@ -139,12 +141,7 @@ def pretrain_vision_tower(
         cells = torch.cat([layout[i] for i in idx])
         loss = nn.functional.binary_cross_entropy_with_logits(presence, target)
         loss = loss + nn.functional.cross_entropy(tokens, cells)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(optimizer_step(opt, sched, params, loss))
         p_acc.append(((presence > 0).float() == target).float().mean().item())
         l_acc.append((tokens.argmax(-1) == cells).float().mean().item())
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", presence=f"{np.mean(p_acc[-50:]):.3f}")
@@ -162,8 +159,35 @@ def pretrain_vision_tower(
     return result
 
 
+def _resized(segment: np.ndarray, side: int | None) -> np.ndarray:
+    # LLaVA and PaliGemma resize every image to the tower's side (Qwen2-VL keeps it):
+    # the object map follows, nearest-neighbour.
+    if side is None or segment.shape == (side, side):
+        return segment
+    return np.asarray(Image.fromarray(segment).resize((side, side), Image.NEAREST))
+
+
 def _tail(values: list[float]) -> float:
     return float(np.mean(values[-50:])) if values else float("nan")
+
+
+def optimizer_step(
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    params: Sequence[torch.Tensor],
+    loss: torch.Tensor,
+) -> float:
+    """One training step: backward, clip the gradient norm to 1.0, optimiser and schedule.
+
+    Returns:
+        The loss as a float.
+    """
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    return loss.item()
 
 
 def warmup_cosine(opt: torch.optim.Optimizer, steps: int, warmup: float = 0.05) -> torch.optim.lr_scheduler.LambdaLR:

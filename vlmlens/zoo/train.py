@@ -9,11 +9,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,13 @@ from vlmlens.zoo.io import save_processor, write_meta
 from vlmlens.zoo.models import MODEL_CLASSES
 from vlmlens.zoo.pretrain import (
     PretrainResult,
+    optimizer_step,
     pretrain_vision_tower,
     tower_of,
     warmup_cosine,
 )
 from vlmlens.zoo.processors import build_processor
+from vlmlens.zoo.stages import Sampler, report
 from vlmlens.zoo.tokenizer import Family
 
 logger = logging.getLogger(__name__)
@@ -212,37 +215,13 @@ def train(
             base, steps=steps, vision_pretrain_steps=max(pre, 1) if base.vision_pretrain_steps else 0
         )
     r = base
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
     start = time.perf_counter()
-    try:
-        model, processor, ts = _prepare(family, r, seed)
-        pre_result = None
-        if r.vision_pretrain_steps:
-            pre_result = pretrain_vision_tower(
-                family,
-                model,
-                ts,
-                steps=r.vision_pretrain_steps,
-                batch_size=r.vision_pretrain_batch,
-                lr=r.vision_pretrain_lr,
-                seed=seed,
-                freeze=r.freeze_vision,
-                progress=progress,
-            )
+    with torch_threads(threads):
+        model, processor, ts, pre_result = prepare(family, r, seed, progress=progress)
         losses = _main_stage(family, model, ts, r, seed, progress, callback, callback_every)
         model.eval()
-        folder = Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        model.generation_config.max_new_tokens = 3
-        model.generation_config.do_sample = False
-        model.save_pretrained(folder)
-        save_processor(processor, folder)
-        for file in folder.iterdir():
-            file.chmod(0o644)  # safetensors writes 0600; installed package data must be readable
+        folder = save_checkpoint(model, processor, out)
         seconds = time.perf_counter() - start
-    finally:
-        torch.set_num_threads(old_threads)
     result = TrainResult(
         family=family,
         out=folder,
@@ -260,7 +239,21 @@ def train(
     return result
 
 
-def _prepare(family: Family, r: Recipe, seed: int) -> tuple[Any, Any, TrainSet]:
+def prepare(family: Family, r: Any, seed: int, *, progress: bool = True) -> tuple[Any, Any, TrainSet, PretrainResult | None]:
+    """Build the processor, the seeded model and the training set, and pre-train the tower.
+
+    Args:
+        family: Model family.
+        r: A :class:`Recipe` or :class:`~vlmlens.zoo.fusion.FusionRecipe` (both have
+            ``size``, ``qwen_min_size``, ``vision_feature_layer``, ``tie_word_embeddings``,
+            ``data``, ``vision_pretrain_*`` and ``freeze_vision``).
+        seed: Seed of the weights and of the tower pre-training.
+        progress: Show a tqdm progress bar.
+
+    Returns:
+        ``(model, processor, train_set, tower_result)``; ``tower_result`` is ``None``
+        without tower pre-training.
+    """
     d = dims(r.size)
     image_size = r.qwen_min_size if family == "qwen2_vl" else d.image_size
     processor = build_processor(family, image_size=image_size, patch_size=d.patch_size)
@@ -274,7 +267,31 @@ def _prepare(family: Family, r: Recipe, seed: int) -> tuple[Any, Any, TrainSet]:
     model = MODEL_CLASSES[family](config)
     ts = build_train_set(family, processor, r.data)
     logger.info("%s: %d images, %d examples", family, len(ts.pixels), len(ts.examples))
-    return model, processor, ts
+    pre = None
+    if r.vision_pretrain_steps:
+        pre = pretrain_vision_tower(
+            family,
+            model,
+            ts,
+            steps=r.vision_pretrain_steps,
+            batch_size=r.vision_pretrain_batch,
+            lr=r.vision_pretrain_lr,
+            seed=seed,
+            freeze=r.freeze_vision,
+            progress=progress,
+        )
+    return model, processor, ts, pre
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with ``n`` torch threads, restoring the previous count afterwards."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _main_stage(
@@ -296,10 +313,9 @@ def _main_stage(
         params += list(aux.parameters())
     opt = torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay, betas=(0.9, 0.98))
     sched = warmup_cosine(opt, r.steps)
-    sampler = _Sampler(ts, r.batch_size, {"caption": r.data.caption_rate, "grounding": r.data.grounding_rate}, seed)
-    model.train()
-    if r.freeze_vision:
-        tower_of(family, model).eval()
+    rates = {"caption": r.data.caption_rate, "grounding": r.data.grounding_rate}
+    sampler = Sampler(ts, r.batch_size, rates, [seed, 17])
+    _train_mode(family, model, r)
     losses: list[float] = []
     bar = tqdm(range(r.steps), desc=f"{family}: main stage", disable=not progress, leave=False)
     for step in bar:
@@ -310,21 +326,16 @@ def _main_stage(
         if aux is not None:
             hidden = out.hidden_states[r.aux_layer][torch.arange(len(pos)), pos]
             loss = loss + r.aux_weight * aux.loss(hidden, asked, presence)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(optimizer_step(opt, sched, params, loss))
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
-        if callback is not None and ((step + 1) % callback_every == 0 or step + 1 == r.steps):
-            model.eval()
-            with torch.no_grad():
-                callback(step + 1, model)
-            model.train()
-            if r.freeze_vision:
-                tower_of(family, model).eval()
+        report(callback, step + 1, r.steps, callback_every, model, lambda: _train_mode(family, model, r))
     return losses
+
+
+def _train_mode(family: Family, model: Any, r: Recipe) -> None:
+    model.train()
+    if r.freeze_vision:
+        tower_of(family, model).eval()
 
 
 class _AuxHeads(torch.nn.Module):
@@ -344,32 +355,6 @@ class _AuxHeads(torch.nn.Module):
         return loss
 
 
-class _Sampler:
-    """Deterministic batches with a fixed number of each kind, epoch-wise shuffled."""
-
-    def __init__(self, ts: TrainSet, batch_size: int, rates: dict[str, float], seed: int) -> None:
-        self.rng = np.random.default_rng([seed, 17])
-        self.pools = {k: np.array(ts.by_kind(k)) for k in ("qa", *rates)}
-        self.counts = {k: round(batch_size * r) if len(self.pools[k]) else 0 for k, r in rates.items()}
-        self.counts["qa"] = batch_size - sum(self.counts.values())
-        self.orders = {k: self.rng.permutation(v) for k, v in self.pools.items()}
-        self.pos = {k: 0 for k in self.pools}
-
-    def _take(self, kind: str, n: int) -> list[int]:
-        out: list[int] = []
-        while len(out) < n:
-            if self.pos[kind] >= len(self.orders[kind]):
-                self.orders[kind] = self.rng.permutation(self.pools[kind])
-                self.pos[kind] = 0
-            take = min(n - len(out), len(self.orders[kind]) - self.pos[kind])
-            out.extend(self.orders[kind][self.pos[kind] : self.pos[kind] + take].tolist())
-            self.pos[kind] += take
-        return out
-
-    def next(self) -> list[int]:
-        return [i for kind, n in self.counts.items() for i in self._take(kind, n)]
-
-
 def _meta(result: TrainResult, r: Recipe) -> dict[str, Any]:
     recipe = dataclasses.asdict(r)
     recipe["data"]["synth"] = r.data.synth.to_dict()
@@ -383,9 +368,31 @@ def _meta(result: TrainResult, r: Recipe) -> dict[str, Any]:
         "n_params": result.n_params,
         "vision_pretrain": dataclasses.asdict(result.vision_pretrain) if result.vision_pretrain else None,
         "eval_synth": r.data.synth.to_dict(),
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": versions(),
     }
+
+
+def versions() -> dict[str, str]:
+    """The library versions a checkpoint was trained with (weights depend on them)."""
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def save_checkpoint(model: PreTrainedModel, processor: Any, out: str | Path) -> Path:
+    """Save a trained toy (greedy 3-token generation config) and its processor.
+
+    Returns:
+        The checkpoint folder (created; files readable by everyone).
+    """
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.generation_config.max_new_tokens = 3
+    model.generation_config.do_sample = False
+    model.save_pretrained(folder)
+    save_processor(processor, folder)
+    for file in folder.iterdir():
+        file.chmod(0o644)  # safetensors writes 0600; installed package data must be readable
+    return folder
