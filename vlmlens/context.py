@@ -39,14 +39,23 @@ class Call:
     Attributes:
         copies: copies of the prepared batch stacked along the batch axis.
         order: how the copies are laid out (see :data:`RowOrder`).
+        images_copied: whether the images are copied too. A sweep stacks whole inputs;
+            ``generate`` encodes each image once and copies only the language model's rows.
     """
 
     copies: int = 1
     order: RowOrder = "copy"
+    images_copied: bool = True
 
     def __post_init__(self) -> None:
         if self.copies < 1:
             raise InterventionError(f"a call needs at least one copy of the batch, got copies={self.copies}")
+
+    def at(self, tower: Any) -> Call:
+        """The call as seen by one tower: a single copy where the images were not copied."""
+        from vlmlens.sites import Tower
+
+        return self if tower is Tower.TEXT or self.images_copied else Call()
 
     def expand(self, per_sample: torch.Tensor) -> torch.Tensor:
         """Repeat a per-sample tensor (leading axis = samples) to the running rows."""

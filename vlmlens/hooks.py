@@ -231,9 +231,7 @@ def _packed(point: HookPoint, packed: bool) -> Callable[[torch.Tensor], torch.Te
         return point
 
     def call(x: torch.Tensor) -> torch.Tensor:
-        view = x[None]
-        new = point(view)
-        return x if new is view else new[0]
+        return point(x[None])[0]  # a view of x when unedited: same values, and gradients reach the hook point
 
     return call
 
@@ -363,8 +361,8 @@ def _z_hook(point: HookPoint, n_heads: int, packed: bool):
         heads = z.unflatten(-1, (n_heads, -1))
         view = heads[None] if packed else heads
         new = point(view)
-        if new is view:
-            return None
+        # Always pass the hook's output on (a view of z when unedited: same values), so that the
+        # site is on the path to the output and its gradient is the real one.
         return ((new[0] if packed else new).flatten(-2), *args[1:])
 
     return hook
@@ -381,9 +379,21 @@ def _result_hook(point: HookPoint, n_heads: int, packed: bool, stack: CallStack,
         version = result._version
         edited = point(view)
         if edited is view and result._version == version:
-            return None  # unedited: keep the fused projection's exact output
+            if not result.requires_grad:
+                return None  # unedited: keep the fused projection's exact output
+            # Keep the fused output's exact values but let the gradient run through the heads
+            # (output = sum of heads + bias), so d metric / d result is the real one, once.
+            straight = (result - result.detach()).sum(-2)
+            if module.bias is not None:
+                straight = straight + (module.bias - module.bias.detach())
+            return output.detach() + straight
         out = (edited[0] if packed else edited).sum(-2)
-        return out + module.bias if module.bias is not None else out
+        out = out + module.bias if module.bias is not None else out
+        if edited is view or packed:
+            return out  # edited in place: every row is rebuilt from its heads
+        # Rows no edit touched (e.g. other conditions of a sweep) keep the fused output exactly.
+        changed = (edited != result).flatten(1).any(1)
+        return torch.where(changed.view(-1, *[1] * (output.dim() - 1)), out, output)
 
     return hook
 

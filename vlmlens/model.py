@@ -329,6 +329,11 @@ class HookedVLM:
                 (reading ``.output`` would silently give the first image only).
         """
         parsed = self.site(site)
+        if parsed.point is Point.RESULT and not self._hooks.stack.results.get((parsed.tower, parsed.layer)):
+            raise InputError(
+                f"{parsed} is computed only where a call asks for it (it costs head x memory). Wrap the trace in "
+                "`with model.result_hooks():` (or model.result_hooks([(tower, layer)])), or use run_with_cache"
+            )
         if (parsed.point is Point.PATTERN and self.attn_implementation != "eager"
                 and not self._hooks.stack.patterns.get((parsed.tower, parsed.layer))):
             raise InputError(
@@ -348,20 +353,21 @@ class HookedVLM:
         return envoy
 
     @contextlib.contextmanager
-    def result_hooks(self, layers: Iterable[tuple[Tower, int]] | None = None) -> Iterator[None]:
+    @no_type_check
+    def result_hooks(self, layers: Iterable[Any] | None = None) -> Iterator[None]:
         """Compute per-head ``attn.hook_result`` while inside (all layers, or the given ones).
 
         Per-head results cost ``batch seq head d_model`` memory, so they are computed only
         for layers some active call requests. Requests nest: an inner context adds layers
         and leaves the outer ones on when it exits.
         """
-        if layers is None:
-            layers = self._all_layers()
+        layers = self._all_layers() if layers is None else self._layer_keys(layers)
         with self._hooks.stack.requesting("result", layers):
             yield
 
     @contextlib.contextmanager
-    def patterns(self, layers: Iterable[tuple[Tower, int]] | None = None) -> Iterator[None]:
+    @no_type_check
+    def patterns(self, layers: Iterable[Any] | None = None) -> Iterator[None]:
         """Compute attention patterns (``attn.hook_pattern``) while inside (all layers, or the given ones).
 
         The model attends with the kernel it was loaded with (SDPA by default), which never
@@ -369,10 +375,27 @@ class HookedVLM:
         through its hook point. ``run_with_cache`` and interventions request the layers they
         touch; wrap a raw :meth:`trace` that reads patterns in this context.
         """
-        if layers is None:
-            layers = self._all_layers()
+        layers = self._all_layers() if layers is None else self._layer_keys(layers)
         with self._hooks.stack.requesting("pattern", layers):
             yield
+
+    def _layer_keys(self, layers: Any) -> list[tuple[Tower, int]]:
+        """``(tower, layer)`` keys from pairs (negative layers count from the end), Sites or site names."""
+        if isinstance(layers, (str, Site)) or not isinstance(layers, Iterable):
+            raise InputError(f"layers must be a list of (tower, layer) pairs or sites, got {layers!r}")
+        keys = []
+        for item in layers:
+            if isinstance(item, (str, Site)):
+                site = self.site(item)
+                if site.layer is None:
+                    raise InputError(f"{site} belongs to no block; give block sites or (tower, layer) pairs")
+                keys.append((site.tower, site.layer))
+            elif isinstance(item, tuple) and len(item) == 2 and str(item[0]) in ("text", "vision"):
+                tower = Tower(str(item[0]))
+                keys.append((tower, self._layer(tower, item[1])))
+            else:
+                raise InputError(f"{item!r} is not a (tower, layer) pair such as ('text', 3), nor a site name")
+        return keys
 
     def _all_layers(self) -> list[tuple[Tower, int]]:
         return [(tower, layer) for tower, n in ((Tower.TEXT, self.n_layers), (Tower.VISION, self.n_vision_layers))
@@ -495,6 +518,13 @@ class HookedVLM:
         for name, value in (("max_new_tokens", max_new_tokens), ("num_return_sequences", num_return_sequences)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{name} must be an int >= 1, got {value!r}")
+        if num_return_sequences > 1 and not do_sample:
+            raise InputError(f"num_return_sequences={num_return_sequences} needs do_sample=True: greedy decoding "
+                             "returns the same sequence every time")
+        if do_sample and not temperature > 0:
+            raise InputError(f"temperature must be > 0 for sampling, got {temperature!r}")
+        if do_sample and not 0 < top_p <= 1:
+            raise InputError(f"top_p must be in (0, 1], got {top_p!r}")
         inputs = self._inputs(batch)
         if seed is not None:
             torch.manual_seed(seed)
@@ -511,7 +541,7 @@ class HookedVLM:
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         layout = batch.layout if isinstance(batch, Batch) else None
-        call = Call(copies=num_return_sequences, order="sample")
+        call = Call(copies=num_return_sequences, order="sample", images_copied=False)
         with self._hooks.stack.entered(call), applied(self, interventions, layout), torch.no_grad():
             out = self.hf_model.generate(**inputs, **kwargs)
         prompt_len = inputs["input_ids"].shape[1]

@@ -53,6 +53,11 @@ def _select(act: torch.Tensor, site: Site, mask: torch.Tensor | None) -> torch.T
 class ActivationCache(Mapping):
     """Activations keyed by :class:`Site`; also indexable by name or ``(short, layer)``.
 
+    Attributes:
+        activations: the cached tensors by site.
+        positions: the positions spec they were selected with.
+        grads: with ``run_with_cache(..., grad=metric)``, the metric's gradients, keyed alike.
+
     Example:
         >>> cache["text.blocks.0.hook_resid_post"] is cache["resid_post", 0]
         True
@@ -60,6 +65,7 @@ class ActivationCache(Mapping):
 
     activations: dict[Site, torch.Tensor]
     positions: Any = None
+    grads: ActivationCache | None = None
 
     def _key(self, key: Any) -> Site:
         if isinstance(key, tuple):
@@ -116,6 +122,7 @@ def run_with_cache(
     positions: Positions = "all",
     device: torch.device | str | None = "cpu",
     interventions: Iterable[Any] = (),
+    grad: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, ActivationCache]:
     """One forward that returns logits and the chosen activations.
 
@@ -129,6 +136,10 @@ def run_with_cache(
             ``image patch head d_head`` and ``image head patch patch``, zero-padded.
         device: where cached tensors go (``None``: leave them where they are).
         interventions: applied during the same forward (see :mod:`vlmlens.ops.interventions`).
+        grad: a metric ``metric(logits, batch) -> scalar``; if given, the forward keeps the
+            autograd graph and ``cache.grads`` holds d metric / d activation at every cached
+            site (same shapes and positions as the activations), with interventions active.
+            Only the requested sites' tensors are kept.
 
     Returns:
         Logits ``batch seq vocab`` (on ``device``) and the cache. With interventions, each
@@ -138,29 +149,64 @@ def run_with_cache(
     from vlmlens.ops.interventions import applied
 
     chosen = select_sites(model, sites)
+    if grad is not None and not callable(grad):
+        raise InputError(f"grad must be a metric(logits, batch) -> scalar tensor, got {type(grad).__name__}")
     layout = batch.layout if isinstance(batch, Batch) else None
     mask = resolve_positions(positions, layout, model._inputs(batch)["input_ids"].shape[1])
     results = {(s.tower, s.layer) for s in chosen if s.point is Point.RESULT}
     calls: dict[Site, list[torch.Tensor]] = {s: [] for s in chosen}
-
     per_image = {s for s in chosen if model.runs_per_image(s)}
 
-    def keep(site: Site, act: torch.Tensor) -> None:
+    def select(site: Site, act: torch.Tensor) -> torch.Tensor:
         act = act.detach() if site in per_image else _select(act.detach(), site, mask)
-        calls[site].append(act.to(device) if device is not None else act)
+        return act.to(device) if device is not None else act
+
+    def keep(site: Site, act: torch.Tensor) -> None:
+        if grad is None:  # positions are selected, and copied off the device, as each site fires
+            calls[site].append(select(site, act))
+            return
+        if not act.requires_grad:
+            act.requires_grad_(True)  # outside any graph (e.g. all weights frozen): make it a leaf to differentiate
+        calls[site].append(act)
 
     with model.result_hooks(results), applied(model, interventions, layout):
         # Registered after the interventions' hooks, so each site is cached as the model used it (post-edit).
         handles = [model.module(model.hook_path(s)).register_forward_hook(lambda m, a, o, s=s: keep(s, o))
                    for s in chosen]
         try:
-            logits = model.forward(batch)
+            with torch.set_grad_enabled(grad is not None):
+                logits = model.hf_model(**model._inputs(batch)).logits
+                grads = _gradients(grad, logits, batch, calls) if grad is not None else None
         finally:
             for handle in handles:
                 handle.remove()
-    store = {s: _join(s, parts) if s in per_image else parts[0] for s, parts in calls.items()}
+
+    def finish(parts_of: dict[Site, list[torch.Tensor]], selected: bool) -> dict[Site, torch.Tensor]:
+        out = {}
+        for site, parts in parts_of.items():
+            parts = parts if selected else [select(site, p) for p in parts]
+            out[site] = _join(site, parts) if site in per_image else parts[0]
+        return out
+
+    grad_cache = ActivationCache(finish(grads, selected=False), positions) if grads is not None else None
+    logits = logits.detach()
     logits = logits.to(device) if device is not None else logits
-    return logits, ActivationCache(store, positions)
+    return logits, ActivationCache(finish(calls, selected=grad is None), positions, grad_cache)
+
+
+def _gradients(metric: Callable, logits: torch.Tensor, batch: Any,
+               calls: dict[Site, list[torch.Tensor]]) -> dict[Site, list[torch.Tensor]]:
+    """d metric / d activation for every cached call (zeros where the metric does not depend on it)."""
+    value = torch.as_tensor(metric(logits, batch))
+    if value.numel() != 1 or not value.requires_grad:
+        raise InputError(f"grad=... must return a scalar that depends on the logits, got shape {tuple(value.shape)}"
+                         f"{'' if value.requires_grad else ' with no gradient'}; e.g. logit_diff(yes_id, no_id)")
+    flat = [(site, i, t) for site, parts in calls.items() for i, t in enumerate(parts)]
+    found = torch.autograd.grad(value.reshape(()), [t for _, _, t in flat], allow_unused=True)
+    out: dict[Site, list[torch.Tensor]] = {site: [] for site in calls}
+    for (site, _, t), g in zip(flat, found):
+        out[site].append(torch.zeros_like(t) if g is None else g)
+    return out
 
 
 def _join(site: Site, parts: list[torch.Tensor]) -> torch.Tensor:

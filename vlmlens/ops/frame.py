@@ -51,7 +51,7 @@ class EditContext:
     def frame(self, site: Site, act: torch.Tensor) -> Frame:
         """The frame of one firing of ``site`` with activation ``act``."""
         stack = self.model._hooks.stack
-        call = stack.call
+        call = stack.call.at(site.tower)
         step = stack.step if site.tower is Tower.TEXT else None
         if site.tower is Tower.TEXT and step is None:
             step = Step(0, act.shape[seq_axis(site)])
@@ -182,9 +182,13 @@ class Frame:
         lists = patch_lists(positions.patches, layout, positions.image)
         per_image = self.model.runs_per_image(self.site)
         image_index = self.image_index() if per_image else None
-        mask = vision_patch_mask(self.model, self.site, layout, lists, positions.image,
-                                 self.act_shape[seq_axis(self.site)], image_index)
-        if not per_image and self.model.adapter.vision.batched:
+        seq = self.act_shape[seq_axis(self.site)]
+        packed = not per_image and not self.model.adapter.vision.batched
+        copies = self.call.copies if packed else 1  # stacked copies follow each other in the packed sequence
+        mask = vision_patch_mask(self.model, self.site, layout, lists, positions.image, seq // copies, image_index)
+        if packed:
+            mask = mask.repeat(1, copies)
+        elif not per_image:
             mask = self.per_row(mask, "the patch positions")
         return self.along_seq(mask, ndim)
 

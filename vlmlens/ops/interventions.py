@@ -300,7 +300,7 @@ class MaskPixels(Intervention):
 
         def fn(pixels: torch.Tensor) -> torch.Tensor:
             stack = model._hooks.stack
-            mask = pixel_mask(model.adapter, layout, lists, self.image, pixels, stack.call, ctx.copy)
+            mask = pixel_mask(model.adapter, layout, lists, self.image, pixels, stack.call.at(Tower.VISION), ctx.copy)
             return pixels.masked_fill(mask.to(pixels.device), 0)
 
         return [("pixels", fn)]

@@ -172,6 +172,11 @@ CASES = [
     ("generate bad count", lambda m, b: m.generate(b, num_return_sequences=0), r"num_return_sequences"),
     ("generate bad tokens", lambda m, b: m.generate(b, max_new_tokens=0), r"max_new_tokens"),
     ("site parse type", lambda m, b: Site.parse(None), r"site"),
+    ("greedy with several sequences", lambda m, b: m.generate(b, num_return_sequences=2), r"needs do_sample=True"),
+    ("zero temperature", lambda m, b: m.generate(b, do_sample=True, temperature=0.0), r"temperature must be > 0"),
+    ("top_p out of range", lambda m, b: m.generate(b, do_sample=True, top_p=1.5), r"top_p must be in \(0, 1\]"),
+    ("result envoy not requested", lambda m, b: m.envoy("text.blocks.0.attn.hook_result"), r"model.result_hooks"),
+    ("pattern request not a pair", lambda m, b: m.patterns([3]).__enter__(), r"not a \(tower, layer\) pair"),
 ]
 
 

@@ -232,3 +232,47 @@ def test_edits_reach_layers_read_through_transformers_capture_even_if_it_came_fi
     got = run_with_interventions(model, batch, edit)
     assert (got - model.forward(batch)).abs().max() > 1e-5
     assert (got - run_with_interventions(used, batch, edit)).abs().max() <= 1e-6
+
+
+def test_a_result_edit_in_one_condition_leaves_its_siblings_exact(model, batch):
+    stacked = sweep(model, batch, [[], [Ablate(site="text.blocks.0.attn.hook_result", heads=(1,))]])
+    assert torch.equal(stacked[0], model.forward(batch))
+
+
+def test_layer_requests_are_validated_and_normalised(model, batch):
+    with model.patterns([("text", -1), "text.blocks.0.attn.hook_pattern"]):
+        assert set(model._hooks.stack.patterns) == {(model.text.pattern[0].tower, model.n_layers - 1),
+                                                    (model.text.pattern[0].tower, 0)}
+    with pytest.raises(InputError, match="not a \\(tower, layer\\) pair"):
+        with model.result_hooks([3]):
+            pass
+    with pytest.raises(Exception, match="layer 7 is out of range"):
+        with model.patterns([("text", 7)]):
+            pass
+    assert not model._hooks.stack.patterns and not model._hooks.stack.results
+
+
+def test_role_means_over_batches_of_different_lengths_never_count_padding(model):
+    from vlmlens.ops import mean_activation
+
+    site = "text.blocks.0.hook_resid_post"
+    a = model.prepare(tiny_images(2, seed=1), ["Is there a cat in the image at all?", "Is there a dog?"])
+    b = model.prepare(tiny_images(1, seed=2), ["Is there a bus?"])
+    assert a.layout.seq_len != b.layout.seq_len and a.layout.padding.any()
+    role = mean_activation(model, [a, b], site)
+    acts, questions, images = [], [], []
+    for batch in (a, b):
+        _, cache = run_with_cache(model, batch, sites=[site])
+        x = cache[site]
+        for s in range(len(batch)):
+            start, stop = batch.layout.question[s]
+            last = batch.layout.last_prompt[s]
+            questions += [x[s, p] for p in range(start, stop) if p != last]
+            span = batch.layout.images[s][0]
+            images.append(x[s, span.start : span.stop])
+            acts.append(x[s, last])
+    assert torch.allclose(role.last, torch.stack(acts).mean(0), atol=1e-6)
+    assert torch.allclose(role.question, torch.stack(questions).mean(0), atol=1e-6)
+    grid = a.layout.images[0][0].grid
+    assert torch.allclose(role.image[grid].flatten(0, 1), torch.stack(images).mean(0), atol=1e-6)
+    assert role.counts["image"] == 3

@@ -26,6 +26,7 @@ from vlmlens.ops import (
     run_with_cache,
 )
 from vlmlens.ops.pixels import pixel_mask
+from vlmlens.ops.positions import ImagePatches
 from vlmlens.testing import tiny_images
 
 TOL = 1e-4
@@ -52,14 +53,15 @@ def hooks(*registrations):
 
 
 def full_inputs(batch, new_ids, copies=1, pixels=None):
+    given = dict(batch.inputs)
+    if pixels is not None:
+        given["pixel_values"] = pixels
     inputs = {k: v.repeat_interleave(copies, 0) if k not in ("pixel_values",) or v.dim() == 4 else v
-              for k, v in batch.inputs.items()}
+              for k, v in given.items()}
     if copies > 1 and "image_grid_thw" in inputs:  # Qwen2-VL: flat patches, repeat each sample's run
         thw = batch.inputs["image_grid_thw"]
-        runs = batch.inputs["pixel_values"].split([int(t.prod()) for t in thw])
+        runs = given["pixel_values"].split([int(t.prod()) for t in thw])
         inputs["pixel_values"] = torch.cat([r for r in runs for _ in range(copies)])
-    if pixels is not None:
-        inputs["pixel_values"] = pixels
     ones = torch.ones_like(new_ids)
     inputs["input_ids"] = torch.cat([inputs["input_ids"], new_ids], 1)
     inputs["attention_mask"] = torch.cat([inputs["attention_mask"], ones], 1)
@@ -289,3 +291,34 @@ def test_mask_pixels(model, gen_batch):
     grey = pixels.masked_fill(pixel_mask(model.adapter, gen_batch.layout, patches, 0, pixels, Call(), None), 0)
     assert not torch.equal(grey, pixels)
     check(model, gen_batch, gen, pixels=grey)
+
+
+def test_image_edits_with_two_return_sequences(model, gen_batch):
+    """generate encodes each image once: image-side edits apply to it, and all sequences see them."""
+    patches = [[(0, 0), (1, 1)], [(0, 1)]]
+    edits = [MaskPixels(patches=patches),
+             Ablate(site="vision.blocks.0.hook_resid_post", positions=ImagePatches([[(1, 0)], [(1, 1)]]))]
+    gen = model.generate(gen_batch, max_new_tokens=NEW, do_sample=True, num_return_sequences=2, seed=0,
+                         interventions=edits)
+    pixels = gen_batch.inputs["pixel_values"]
+    grey = pixels.masked_fill(pixel_mask(model.adapter, gen_batch.layout, patches, 0, pixels, Call(), None), 0)
+    # the vision-block edit, by hand: the same positions ImagePatches resolves to in one forward
+    site = "vision.blocks.0.hook_resid_post"
+    _, clean = run_with_cache(model, gen_batch, sites=[site], interventions=edits[:1])
+    _, edited = run_with_cache(model, gen_batch, sites=[site], interventions=edits)
+    where = clean[site] != edited[site]
+    assert where.any()
+    block = model.module(f"{model.adapter.vision.layers}.0")
+    if model.adapter.vision.batched:  # the no-cache reference runs each sample's images once per sequence
+        where = where.repeat_interleave(2, 0)
+    else:
+        runs = where[0].split([int(t.prod()) for t in gen_batch.inputs["image_grid_thw"]])
+        where = torch.cat([r for r in runs for _ in range(2)])
+
+    def zero(module, args, out):
+        h = (out[0] if isinstance(out, tuple) else out).clone()
+        h[where.reshape(h.shape)] = 0
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    with hooks(block.register_forward_hook(zero, prepend=True)):
+        check(model, gen_batch, gen, copies=2, pixels=grey, greedy=False)

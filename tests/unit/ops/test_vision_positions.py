@@ -77,3 +77,15 @@ def test_text_site_image_patches_are_the_image_tokens(model, batch):
     got = run_with_interventions(model, batch, [Ablate(site="text.hook_embed", positions=ImagePatches(PATCHES))])
     want = run_with_interventions(model, batch, [MaskTokens(patches=PATCHES)])
     assert torch.equal(got, want)
+
+
+def test_outer_vision_edit_around_a_sweep_reaches_every_copy(model, batch):
+    from vlmlens.ops import sweep
+
+    outer = [Ablate(site="vision.blocks.0.hook_resid_post", positions=ImagePatches(PATCHES)),
+             Ablate(site="projector.hook_out", positions=ImagePatches([[(1, 1)], [(0, 0)]]))]
+    conditions = [[], [Ablate(site="text.blocks.0.attn.hook_z", heads=(1,))]]
+    with model.hooks(outer, batch):
+        stacked = sweep(model, batch, conditions)
+    for i, condition in enumerate(conditions):
+        assert (stacked[i] - run_with_interventions(model, batch, outer + condition)).abs().max() <= 1e-5, i
