@@ -48,7 +48,7 @@ def check_sites(model: Any) -> None:
 
         def record(module: nn.Module, args: Any, output: Any, site: Site = site, keep: bool = keep) -> None:
             if site not in seen:
-                seen[site] = output.detach().clone() if keep else output.shape
+                seen[site] = output.detach().clone() if keep else tuple(output.shape)
 
         handles.append(model.module(path).register_forward_hook(record))
     size = getattr(model.vision_config, "image_size", 56)
@@ -66,7 +66,7 @@ def check_sites(model: Any) -> None:
             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}. The adapter for "
             f"{model.adapter.architecture} does not match this model's modules."
         )
-    shape = {site: tuple(v.shape) for site, v in seen.items()}
+    shape = {site: tuple(v.shape) if isinstance(v, torch.Tensor) else v for site, v in seen.items()}
     for site in (Site(Tower.TEXT, Point.RESID_POST, 0), Site(Tower.TEXT, Point.LN_FINAL)):
         if shape[site][-1] != model.d_model:
             raise SiteCheckError(f"{site} has width {shape[site][-1]}, expected d_model={model.d_model}")
@@ -92,7 +92,8 @@ def _identities(model: Any, seen: dict[Site, Any], tower: Tower, layer: int, n_l
     if not _close(at(Point.RESID_MID) + at(Point.MLP_OUT), at(Point.RESID_POST)):
         raise SiteCheckError(f"{where}: hook_resid_post != hook_resid_mid + hook_mlp_out; {fix}")
     following = Site(tower, Point.RESID_PRE, layer + 1)
-    if layer + 1 < n_layers and following in seen and not torch.equal(at(Point.RESID_POST), seen[following].float()):
+    kept = isinstance(seen.get(following), torch.Tensor)
+    if layer + 1 < n_layers and kept and not torch.equal(at(Point.RESID_POST), seen[following].float()):
         raise SiteCheckError(f"{where}: hook_resid_post differs from block {layer + 1}'s hook_resid_pre")
     o_proj = model.block_module(tower, layer, "o_proj")
     heads = at(Point.RESULT).sum(-2)

@@ -1,5 +1,11 @@
 """Free functions over (model, inputs, sites): cache, ablate, patch, steer, mask, sweep."""
 
+from vlmlens.ops.attribution import (
+    attribute_heads,
+    attribute_image_patches,
+    attribute_neurons,
+    attribute_residual,
+)
 from vlmlens.ops.cache import ActivationCache, run_with_cache, select_sites
 from vlmlens.ops.interventions import (
     Ablate,
@@ -55,4 +61,8 @@ __all__ = [
     "patch_heads",
     "patch_neurons",
     "patch_image_patches",
+    "attribute_residual",
+    "attribute_heads",
+    "attribute_neurons",
+    "attribute_image_patches",
 ]

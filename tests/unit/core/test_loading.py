@@ -33,3 +33,10 @@ def test_site_that_never_fires_is_an_error(family):
         handle.remove()
     with pytest.raises(SiteCheckError, match="never fired in a dummy forward"):
         model.check_sites()
+
+
+@pytest.mark.parametrize("name", ["toy-llava", "toy-paligemma", "toy-qwen2vl"])
+def test_zoo_models_load_by_name_and_pass_the_site_check(name):
+    model = HookedVLM.from_pretrained(name)  # 4-layer models: the check covers blocks 0 and 1 in full
+    assert model.n_layers >= 3
+    assert model.attn_implementation == "sdpa"

@@ -1,0 +1,93 @@
+"""Attribution patching: each estimate is the directional derivative of the metric along
+(clean - corrupt) for its piece, checked by central finite differences of exact patches."""
+
+from __future__ import annotations
+
+import torch
+
+from vlmlens.ops import (
+    Patch,
+    attribute_heads,
+    attribute_image_patches,
+    attribute_neurons,
+    attribute_residual,
+    logit_diff,
+    patch_residual,
+    run_with_cache,
+    run_with_interventions,
+)
+from vlmlens.testing import tiny_images
+
+EPS = 1e-2
+QS = ["Is there a cat in the image?", "Is there a dog?"]
+
+
+def pair(model):
+    return model.prepare(tiny_images(2, seed=1), QS), model.prepare(tiny_images(2, seed=2), QS)
+
+
+def metric_of(model):
+    tok = model.tokenizer
+    return logit_diff(tok.convert_tokens_to_ids("yes"), tok.convert_tokens_to_ids("no"))
+
+
+def directional(model, clean, corrupt, metric, site, **where):
+    """(metric(a + eps d) - metric(a - eps d)) / 2 eps with d = clean - corrupt on one piece, by exact patching."""
+    _, c = run_with_cache(model, clean, sites=[site])
+    _, k = run_with_cache(model, corrupt, sites=[site])
+    diff = c[site] - k[site]
+    values = []
+    for sign in (1, -1):
+        source = k[site] + sign * EPS * diff
+        logits = run_with_interventions(model, corrupt, [Patch(site=site, source=source, **where)])
+        values.append(float(metric(logits, corrupt)))
+    return (values[0] - values[1]) / (2 * EPS)
+
+
+def close(a, b):
+    return abs(a - b) <= 2e-3 * max(1.0, abs(b))
+
+
+def test_residual_estimates_are_directional_derivatives(model):
+    clean, corrupt = pair(model)
+    metric = metric_of(model)
+    atp = attribute_residual(model, clean, corrupt, metric, layers=[1], positions="image")
+    exact = patch_residual(model, clean, corrupt, metric, layers=[1], positions="image")
+    assert atp.values.shape == exact.values.shape and atp.labels == exact.labels
+    assert abs(atp.corrupt_metric - exact.corrupt_metric) <= 1e-5
+    site = model.text.resid_pre[1]
+    for k in (0, 3):
+        mask = torch.zeros_like(clean.layout.padding)
+        for b in range(2):
+            mask[b, clean.layout.images[b][0].start + k] = True
+        want = directional(model, clean, corrupt, metric, site, positions=mask)
+        assert close(float(atp.values[0, k]) - atp.corrupt_metric, want), k
+
+
+def test_head_estimates(model):
+    clean, corrupt = pair(model)
+    metric = metric_of(model)
+    for point in ("z", "result"):
+        atp = attribute_heads(model, clean, corrupt, metric, point=point, layers=[0])
+        site = getattr(model.text, point)[0]
+        for h in (0, 2):
+            want = directional(model, clean, corrupt, metric, site, heads=(h,))
+            assert close(float(atp.values[0, h]) - atp.corrupt_metric, want), (point, h)
+
+
+def test_neuron_and_image_patch_estimates(model):
+    clean, corrupt = pair(model)
+    metric = metric_of(model)
+    neurons = attribute_neurons(model, clean, corrupt, metric, layer=0, neurons=[3, 7])
+    site = model.text.mlp_post[0]
+    for i, n in enumerate((3, 7)):
+        want = directional(model, clean, corrupt, metric, site, dims=(n,), positions="last")
+        assert close(float(neurons.values[i]) - neurons.corrupt_metric, want), n
+    grid = attribute_image_patches(model, clean, corrupt, metric)
+    rows, cols = clean.layout.grid(0)
+    assert grid.values.shape == (rows, cols)
+    mask = torch.zeros_like(clean.layout.padding)
+    for b in range(2):
+        mask[b, clean.layout.patch_position(b, 1, 0)] = True
+    want = directional(model, clean, corrupt, metric, model.text.embed, positions=mask)
+    assert close(float(grid.values[1, 0]) - grid.corrupt_metric, want)
