@@ -43,3 +43,12 @@ def test_reproduce_end_to_end_and_resume(tmp_path):
     _kill(part / "tiny-paligemma" / "interventions.csv", 5)
     resumed = reproduce(_args(part, 2, resume=True))
     assert json.dumps(resumed, sort_keys=True) == json.dumps(full, sort_keys=True)
+
+
+@pytest.mark.slow
+def test_reproduce_runs_on_the_shipped_toy_zoo(tmp_path):
+    """The README's main job loads the zoo through HookedVLM.from_pretrained: run it on one toy, small n."""
+    args = _args(tmp_path / "toy", 2)
+    args.models = ["toy-llava"]
+    result = reproduce(args)
+    assert result["models"]["toy-llava"]["pope"]["n"] == 12
