@@ -126,7 +126,11 @@ def _for_base(base: str):
 def register() -> None:
     """Register the attention functions and masks with transformers (idempotent)."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask, sdpa_mask
+    from transformers.masking_utils import (
+        ALL_MASK_ATTENTION_FUNCTIONS,
+        eager_mask,
+        sdpa_mask,
+    )
 
     for base, mask in (("eager", eager_mask), ("sdpa", sdpa_mask)):
         name = f"vlmlens_{base}"

@@ -95,7 +95,10 @@ def real_shape_config(family: Family, tokenizer: Any, *, text_layers: int = 1, v
             vision_config=SiglipVisionConfig(**_SIGLIP_VISION, num_hidden_layers=vision_layers, projection_dim=2048),
             text_config=text, image_token_index=tokenizer.image_token_id, vocab_size=text.vocab_size,
             projection_dim=2048, hidden_size=2048, **ids)
-    from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLTextConfig, Qwen2VLVisionConfig
+    from transformers.models.qwen2_vl.configuration_qwen2_vl import (
+        Qwen2VLTextConfig,
+        Qwen2VLVisionConfig,
+    )
 
     return Qwen2VLConfig(
         vision_config=Qwen2VLVisionConfig(**_QWEN_VISION, depth=vision_layers).to_dict(),

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 import transformers
+
 from vlmlens import HookedVLM
 from vlmlens.ops import Ablate, run_with_interventions
 from vlmlens.real_shapes import save_real_shape

@@ -204,7 +204,7 @@ def _gradients(metric: Callable, logits: torch.Tensor, batch: Any,
     flat = [(site, i, t) for site, parts in calls.items() for i, t in enumerate(parts)]
     found = torch.autograd.grad(value.reshape(()), [t for _, _, t in flat], allow_unused=True)
     out: dict[Site, list[torch.Tensor]] = {site: [] for site in calls}
-    for (site, _, t), g in zip(flat, found):
+    for (site, _, t), g in zip(flat, found, strict=True):
         out[site].append(torch.zeros_like(t) if g is None else g)
     return out
 

@@ -7,7 +7,13 @@ import torch
 
 from vlmlens import HookedVLM
 from vlmlens.errors import InputError
-from vlmlens.ops import Ablate, BlockAttention, Patch, run_with_cache, run_with_interventions
+from vlmlens.ops import (
+    Ablate,
+    BlockAttention,
+    Patch,
+    run_with_cache,
+    run_with_interventions,
+)
 from vlmlens.testing import tiny_hf, tiny_images, tiny_vlm
 
 QS = ["Is there a cat in the image?", "Is there a dog?"]
