@@ -34,10 +34,12 @@ from vlmlens.ops.patching import (
     Metric,
     PatchingResult,
     _check_layouts,
+    _image_patch_sites,
     _layers,
     _position_labels,
     _positions,
     _scalar,
+    _single_grid,
 )
 from vlmlens.ops.positions import Positions, resolve_positions
 from vlmlens.sites import Point, Site, as_point
@@ -177,12 +179,8 @@ def attribute_image_patches(
         Values ``row col`` (``text.hook_embed``), or ``layer row col`` (``resid_pre`` of ``layers``).
     """
     layout = _check_layouts(clean, corrupt)
-    grids = {layout.grid(b, image) for b in range(layout.batch_size)}
-    if len(grids) != 1:
-        raise InputError(f"image {image} has different patch grids across samples ({sorted(grids)}); "
-                         "attribute a batch of images of one size")
-    rows, cols = grids.pop()
-    sites = [model.text.embed] if layers is None else [model.text.resid_pre[layer] for layer in _layers(model, layers)]
+    rows, cols = _single_grid(layout, image)
+    sites = _image_patch_sites(model, layers)
     products, ends = _products(model, clean, corrupt, metric, sites)
     per_site = []
     for site in sites:

@@ -315,15 +315,8 @@ def patch_image_patches(
         InputError: the batches differ in layout, or samples have different patch grids.
     """
     layout = _check_layouts(clean, corrupt)
-    grids = {layout.grid(b, image) for b in range(layout.batch_size)}
-    if len(grids) != 1:
-        raise InputError(f"image {image} has different patch grids across samples ({sorted(grids)}); "
-                         "patch a batch of images of one size")
-    rows, cols = grids.pop()
-    if layers is None:
-        sites = [model.text.embed]
-    else:
-        sites = [model.text.resid_pre[layer] for layer in _layers(model, layers)]
+    rows, cols = _single_grid(layout, image)
+    sites = _image_patch_sites(model, layers)
     clean_logits, cache = run_with_cache(model, clean, sites=sites, positions="all", device=None)
     conditions = []
     for site in sites:
@@ -408,6 +401,20 @@ def _check_layouts(clean: Batch, corrupt: Batch) -> TokenLayout:
 
 def _spans(layout: TokenLayout) -> list[list[tuple[int, int, tuple[int, int]]]]:
     return [[(s.start, s.stop, s.grid) for s in sample] for sample in layout.images]
+
+
+def _single_grid(layout: TokenLayout, image: int) -> tuple[int, int]:
+    """The patch grid shared by one image of every sample, or say that they differ."""
+    grids = {layout.grid(b, image) for b in range(layout.batch_size)}
+    if len(grids) != 1:
+        raise InputError(f"image {image} has different patch grids across samples ({sorted(grids)}); "
+                         "use a batch of images of one size")
+    return grids.pop()
+
+
+def _image_patch_sites(model: Any, layers: Sequence[int] | None) -> list[Site]:
+    """``text.hook_embed`` (``layers=None``), else ``resid_pre`` of each layer."""
+    return [model.text.embed] if layers is None else [model.text.resid_pre[layer] for layer in _layers(model, layers)]
 
 
 def _short(value: Any) -> str:
