@@ -86,11 +86,6 @@ class Step:
     past: int
     length: int
 
-    @property
-    def decoding(self) -> bool:
-        """Whether this forward continues a cached prefix (a generation step)."""
-        return self.past > 0
-
     @classmethod
     def from_cache(cls, cache: Any, length: int) -> Step:
         """The step of a forward given the model's KV cache object (``None``: no cache)."""

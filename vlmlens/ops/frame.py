@@ -109,16 +109,13 @@ class Frame:
         """Row indices this intervention owns (``None``: all rows)."""
         if self.ctx.copy is None:
             return None
-        if self.site.tower is not Tower.TEXT and not self._batched():
+        if self.site.tower is not Tower.TEXT and not self.model.adapter.vision.batched:
             raise InterventionError(
                 f"{self.site}: this family's vision tower packs every image into one sequence without a batch "
                 "axis, so a sweep cannot give each condition its own vision-site edit; run these conditions one "
                 "by one with run_with_interventions()"
             )
         return self.call.rows_of_copy(self.ctx.copy, self.samples)
-
-    def _batched(self) -> bool:
-        return self.model.adapter.vision.batched
 
     def per_row(self, per_sample: torch.Tensor, what: str) -> torch.Tensor:
         """Align a per-sample tensor (leading axis = samples of the prepared batch) to the owned rows."""
