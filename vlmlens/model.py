@@ -268,7 +268,6 @@ class HookedVLM:
         return list(self._sites)
 
     @no_type_check
-
     def _layer(self, tower: Tower, layer: int) -> int:
         n = self.n_layers if tower is Tower.TEXT else self.n_vision_layers
         if not isinstance(layer, int) or not -n <= layer < n:
@@ -279,7 +278,6 @@ class HookedVLM:
         return layer % n
 
     @no_type_check
-
     def site(self, site: Site | str) -> Site:
         """Parse a site and check it exists on this model (layer range included).
 
@@ -302,7 +300,6 @@ class HookedVLM:
         return self._hooks.paths[self.site(site)]
 
     @no_type_check
-
     def runs_per_image(self, site: Site | str) -> bool:
         """Whether a site fires once per image in a forward (Qwen2-VL's vision q/k/v/pattern).
 
@@ -314,7 +311,6 @@ class HookedVLM:
             Point.Q, Point.K, Point.V, Point.PATTERN)
 
     @no_type_check
-
     def envoy(self, site: Site | str, *, per_image: bool = False) -> Any:
         """The nnsight envoy of a site's hook point; use ``.output`` inside :meth:`trace`.
 
@@ -431,7 +427,6 @@ class HookedVLM:
         return tuple(range(last, self.n_vision_layers))
 
     @no_type_check
-
     def hooks(self, interventions: Sequence[Any], batch: Batch | None = None) -> contextlib.AbstractContextManager:
         """A context manager applying interventions to every forward inside it.
 
@@ -470,7 +465,6 @@ class HookedVLM:
         return batch.to(self.device)
 
     @no_type_check
-
     def _inputs(self, batch: Batch | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if isinstance(batch, Batch):
             return batch.inputs
@@ -479,13 +473,18 @@ class HookedVLM:
         raise InputError(f"expected a Batch from model.prepare() or a dict of processor tensors, got {type(batch).__name__}")
 
     @no_type_check
-
     def forward(self, batch: Batch | dict[str, torch.Tensor]) -> torch.Tensor:
         """Plain forward (no tracing): logits ``batch seq vocab``."""
         with torch.no_grad():
             return self.hf_model(**self._inputs(batch)).logits
 
     __call__ = forward
+
+    def run_with_cache(self, batch: Batch | dict[str, torch.Tensor], **kwargs: Any) -> tuple[torch.Tensor, Any]:
+        """:func:`vlmlens.ops.run_with_cache` on this model (as TransformerLens's method)."""
+        from vlmlens.ops.cache import run_with_cache
+
+        return run_with_cache(self, batch, **kwargs)
 
     def trace(self, batch: Batch | dict[str, torch.Tensor], **kwargs: Any) -> Any:
         """An nnsight tracing context over one forward of ``batch``.
@@ -495,7 +494,6 @@ class HookedVLM:
         return self.nn.trace(**self._inputs(batch), **kwargs)
 
     @no_type_check
-
     def generate(
         self,
         batch: Batch | dict[str, torch.Tensor],

@@ -25,7 +25,7 @@ from vlmlens.zoo.processors import build_processor
 if TYPE_CHECKING:
     from vlmlens.model import HookedVLM
 
-__all__ = ["tiny_hf", "tiny_images", "tiny_vlm"]
+__all__ = ["tiny_hf", "tiny_images", "tiny_paligemma2", "tiny_vlm"]
 
 
 def tiny_hf(
@@ -62,6 +62,29 @@ def tiny_hf(
     for sub in (config, config.text_config, config.vision_config):
         sub._attn_implementation = attn_implementation
     return model, processor
+
+
+def tiny_paligemma2(*, seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """A tiny random PaliGemma-2: ``tiny_hf("paligemma")`` with a Gemma-2 language model.
+
+    Gemma-2 brings sandwich norms (a norm on each branch's output), soft-capped attention
+    logits (0.02, so the cap matters at this scale) and final-logit soft-capping (30).
+    """
+    from transformers import Gemma2Config, PaliGemmaForConditionalGeneration
+
+    d = dims("tiny")
+    processor = build_processor("paligemma", image_size=d.image_size, patch_size=d.patch_size)
+    config = build_config("paligemma", "tiny", tokenizer=processor.tokenizer)
+    t = config.text_config
+    config.text_config = Gemma2Config(
+        vocab_size=t.vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.num_hidden_layers, num_attention_heads=t.num_attention_heads,
+        num_key_value_heads=t.num_key_value_heads, head_dim=t.head_dim, attn_logit_softcapping=0.02,
+        final_logit_softcapping=30.0, query_pre_attn_scalar=t.head_dim, sliding_window=8,
+        pad_token_id=t.pad_token_id, bos_token_id=t.bos_token_id, eos_token_id=t.eos_token_id)
+    config.text_config._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    return PaliGemmaForConditionalGeneration(config).eval(), processor
 
 
 def tiny_vlm(

@@ -60,6 +60,7 @@ class TowerSpec:
         embed_from: ``"output"`` of ``embed``, or the name of the keyword argument of
             ``embed``'s forward that carries the embeddings.
         final_norm: path of the final norm (``ln_final.hook_normalized``), or ``None``.
+        rms_offset: a text-tower RMSNorm's gain is ``weight + rms_offset`` (Gemma: ``1``).
         batched: ``False`` where the tower flattens all images of a batch into one
             sequence without a batch axis (Qwen2-VL's ViT).
     """
@@ -72,6 +73,7 @@ class TowerSpec:
     embed: str
     embed_from: Literal["output"] | str = "output"
     final_norm: str | None = None
+    rms_offset: float = 0.0
     batched: bool = True
 
 

@@ -11,6 +11,7 @@ ADAPTER = replace(
     family="paligemma",
     architecture="PaliGemmaForConditionalGeneration",
     prefix_lm=True,
+    text=replace(LLAVA.text, rms_offset=1.0),  # Gemma's RMSNorm scales by 1 + w
     vision_cls=0,  # SigLIP has no class token
     feature_select_attr=None,
     vision_feature_layer_attr=None,

@@ -18,6 +18,18 @@ from vlmlens.ops.interventions import (
     applied,
     run_with_interventions,
 )
+from vlmlens.ops.logit_attribution import (
+    FrozenNorm,
+    LogitLens,
+    apply_ln_to_stack,
+    decompose_resid,
+    frozen_norm,
+    logit_attrs,
+    logit_lens,
+    neuron_logit_attrs,
+    stack_head_results,
+    token_directions,
+)
 from vlmlens.ops.means import RoleMean, mean_activation, top_patches
 from vlmlens.ops.patching import (
     Metric,
@@ -65,4 +77,14 @@ __all__ = [
     "attribute_heads",
     "attribute_neurons",
     "attribute_image_patches",
+    "FrozenNorm",
+    "LogitLens",
+    "frozen_norm",
+    "apply_ln_to_stack",
+    "decompose_resid",
+    "stack_head_results",
+    "token_directions",
+    "logit_attrs",
+    "neuron_logit_attrs",
+    "logit_lens",
 ]

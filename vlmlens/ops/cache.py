@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -13,7 +13,7 @@ from vlmlens.inputs import Batch
 from vlmlens.ops.positions import Positions, resolve_positions
 from vlmlens.sites import Point, Site, Tower, as_point
 
-__all__ = ["ActivationCache", "run_with_cache", "select_sites", "SiteSpec"]
+__all__ = ["ActivationCache", "SiteSpec", "run_with_cache", "select_sites"]
 
 SiteSpec = None | str | Site | Iterable[str | Site] | Callable[[Site], bool]
 """Which sites: ``None`` (all), one name or Site, a list of them, or a predicate on Site."""
@@ -57,6 +57,7 @@ class ActivationCache(Mapping):
         activations: the cached tensors by site.
         positions: the positions spec they were selected with.
         grads: with ``run_with_cache(..., grad=metric)``, the metric's gradients, keyed alike.
+        model: the model it came from (for the TransformerLens-style analysis methods).
 
     Example:
         >>> cache["text.blocks.0.hook_resid_post"] is cache["resid_post", 0]
@@ -66,6 +67,7 @@ class ActivationCache(Mapping):
     activations: dict[Site, torch.Tensor]
     positions: Any = None
     grads: ActivationCache | None = None
+    model: Any = field(default=None, repr=False, compare=False)
 
     def _key(self, key: Any) -> Site:
         if isinstance(key, tuple):
@@ -94,24 +96,67 @@ class ActivationCache(Mapping):
             raise SiteNotFoundError(f"no {tower}.blocks.*.{point.value} sites in this cache")
         return torch.stack([self.activations[s] for s in sites])
 
-    def accumulated_resid(self, model: Any, *, apply_ln: bool = True) -> torch.Tensor:
-        """Residual stream before each text layer and after the last: ``layer+1 batch ... d_model``.
+    def _model(self, what: str) -> Any:
+        if self.model is None:
+            raise InputError(f"cache.{what} needs the model; use a cache from run_with_cache, or call "
+                             f"vlmlens.ops.{what}(model, cache, ...)")
+        return self.model
 
-        With ``apply_ln`` the model's final norm is applied to each (logit-lens ready).
+    def accumulated_resid(self, layer: int | None = None, *, incl_mid: bool = False, apply_ln: bool = False,
+                          mlp_input: bool = False, return_labels: bool = False) -> Any:
+        """The residual stream before each text layer up to ``layer`` (and the final one), stacked.
+
+        As TransformerLens: ``resid_pre`` of layers ``0..layer-1`` (``incl_mid``: with each
+        ``resid_mid``), then ``final_post`` when ``layer`` is ``None``; ``apply_ln`` freezes the
+        norm met at ``layer`` at this run's scale (see
+        :func:`~vlmlens.ops.logit_attribution.apply_ln_to_stack`). For a logit lens that
+        re-normalises each layer's residual, use :func:`~vlmlens.ops.logit_lens`.
+
+        Returns:
+            ``part batch [pos] d_model`` and, with ``return_labels``, labels ``0_pre``, ``0_mid``, ...
         """
-        pre = self.stack(Point.RESID_PRE)
-        last = self[Site(Tower.TEXT, Point.RESID_POST, model.n_layers - 1)]
-        resid = torch.cat([pre, last[None]])
-        if apply_ln:
-            norm = model.final_norm
-            with torch.no_grad():
-                param = next(norm.parameters())
-                resid = norm(resid.to(param.device, param.dtype)).to(resid.device)
-        return resid
+        from vlmlens.ops.logit_attribution import _stop, apply_ln_to_stack
 
-    def stack_head_results(self) -> torch.Tensor:
-        """Per-head results of every cached layer: ``layer batch ... head d_model``."""
-        return self.stack(Point.RESULT)
+        model = self._model("accumulated_resid")
+        stop = _stop(model, layer)
+        parts, labels = [], []
+        for l in range(stop + (1 if mlp_input and stop < model.n_layers else 0)):
+            parts.append(self[Site(Tower.TEXT, Point.RESID_PRE, l)])
+            labels.append(f"{l}_pre")
+            if (incl_mid and l < stop) or (mlp_input and l == stop):
+                parts.append(self[Site(Tower.TEXT, Point.RESID_MID, l)])
+                labels.append(f"{l}_mid")
+        if stop == model.n_layers:
+            parts.append(self[Site(Tower.TEXT, Point.RESID_POST, model.n_layers - 1)])
+            labels.append("final_post")
+        stack = torch.stack(parts)
+        if apply_ln:
+            stack = apply_ln_to_stack(model, self, stack, None if stop == model.n_layers else stop, mlp_input=mlp_input)
+        return (stack, labels) if return_labels else stack
+
+    def decompose_resid(self, layer: int | None = None, **kwargs: Any) -> Any:
+        """:func:`vlmlens.ops.decompose_resid` on this cache."""
+        from vlmlens.ops.logit_attribution import decompose_resid
+
+        return decompose_resid(self._model("decompose_resid"), self, layer, **kwargs)
+
+    def stack_head_results(self, layer: int | None = None, **kwargs: Any) -> Any:
+        """:func:`vlmlens.ops.stack_head_results` on this cache: ``L{l}H{h}`` parts."""
+        from vlmlens.ops.logit_attribution import stack_head_results
+
+        return stack_head_results(self._model("stack_head_results"), self, layer, **kwargs)
+
+    def apply_ln_to_stack(self, stack: torch.Tensor, layer: int | None = None, *, mlp_input: bool = False) -> Any:
+        """:func:`vlmlens.ops.apply_ln_to_stack` on this cache (the real scale and gain)."""
+        from vlmlens.ops.logit_attribution import apply_ln_to_stack
+
+        return apply_ln_to_stack(self._model("apply_ln_to_stack"), self, stack, layer, mlp_input=mlp_input)
+
+    def logit_attrs(self, stack: torch.Tensor, tokens: Any, incorrect_tokens: Any = None, **kwargs: Any) -> Any:
+        """:func:`vlmlens.ops.logit_attrs` on this cache."""
+        from vlmlens.ops.logit_attribution import logit_attrs
+
+        return logit_attrs(self._model("logit_attrs"), self, stack, tokens, incorrect_tokens, **kwargs)
 
 
 def run_with_cache(
@@ -188,10 +233,10 @@ def run_with_cache(
             out[site] = _join(site, parts) if site in per_image else parts[0]
         return out
 
-    grad_cache = ActivationCache(finish(grads, selected=False), positions) if grads is not None else None
+    grad_cache = ActivationCache(finish(grads, selected=False), positions, model=model) if grads is not None else None
     logits = logits.detach()
     logits = logits.to(device) if device is not None else logits
-    return logits, ActivationCache(finish(calls, selected=grad is None), positions, grad_cache)
+    return logits, ActivationCache(finish(calls, selected=grad is None), positions, grad_cache, model)
 
 
 def _gradients(metric: Callable, logits: torch.Tensor, batch: Any,

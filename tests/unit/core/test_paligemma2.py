@@ -6,31 +6,12 @@ import dataclasses
 
 import pytest
 import torch
-from transformers import Gemma2Config, PaliGemmaForConditionalGeneration
 
 from vlmlens import HookedVLM
 from vlmlens.adapters import get_adapter
 from vlmlens.errors import SiteCheckError
 from vlmlens.ops import Ablate, run_with_cache, run_with_interventions
-from vlmlens.testing import tiny_images
-from vlmlens.zoo.configs import build_config, dims
-from vlmlens.zoo.processors import build_processor
-
-
-def tiny_paligemma2(seed: int = 0):
-    d = dims("tiny")
-    processor = build_processor("paligemma", image_size=d.image_size, patch_size=d.patch_size)
-    config = build_config("paligemma", "tiny", tokenizer=processor.tokenizer)
-    t = config.text_config
-    config.text_config = Gemma2Config(
-        vocab_size=t.vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
-        num_hidden_layers=t.num_hidden_layers, num_attention_heads=t.num_attention_heads,
-        num_key_value_heads=t.num_key_value_heads, head_dim=t.head_dim, attn_logit_softcapping=0.02,
-        final_logit_softcapping=30.0, query_pre_attn_scalar=t.head_dim, sliding_window=8,
-        pad_token_id=t.pad_token_id, bos_token_id=t.bos_token_id, eos_token_id=t.eos_token_id)
-    config.text_config._attn_implementation = "eager"
-    torch.manual_seed(seed)
-    return PaliGemmaForConditionalGeneration(config).eval(), processor
+from vlmlens.testing import tiny_images, tiny_paligemma2
 
 
 @pytest.fixture(scope="module")
