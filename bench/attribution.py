@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import time
 
 import torch
 import transformers
+from overhead import timed  # bench/ is on the path when run as a script
 from transformers import LlavaForConditionalGeneration
 
 from vlmlens import HookedVLM
@@ -44,15 +44,6 @@ def build(layers: int, width: int) -> tuple[HookedVLM, torch.nn.Module]:
     model = LlavaForConditionalGeneration(config).eval()
     plain = copy.deepcopy(model)
     return HookedVLM.from_hf(model, processor), plain
-
-
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
