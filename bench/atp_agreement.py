@@ -2,9 +2,14 @@
 
 For N SynthPOPE pairs per toy (the same question over an image that shows the object,
 clean, and one that does not, corrupt), compares the AtP estimate with exact patching of
-every (layer, position) residual site (``resid_pre``) and of every head (``z``), as
-effects on the yes-no logit difference (value minus the corrupt run's). Prints Pearson r
-per family over all cells of all pairs.
+every (layer, position) residual site (``resid_pre``) and of every head (``z``, and ``q``
+and ``k`` with and without AtP*'s QK fix), as effects on the yes-no logit difference
+(value minus the corrupt run's). Prints Pearson r per family over all cells of all pairs.
+
+Pairs are fixed before any attribution is computed: SynthPOPE "random" questions in
+dataset order, kept when the toy answers both images correctly (logit difference > 0 on
+the clean image, < 0 on the corrupt one; a patching experiment needs an effect to
+explain), until N pairs per toy. ``--all-pairs`` keeps every pair instead.
 
     python bench/atp_agreement.py [--pairs 20] [--models toy-llava toy-paligemma toy-qwen2vl]
 """
@@ -20,7 +25,13 @@ import transformers
 
 from vlmlens import HookedVLM
 from vlmlens.data import synth_pope
-from vlmlens.ops import attribute_heads, attribute_residual, logit_diff, patch_heads, patch_residual
+from vlmlens.ops import (
+    attribute_heads,
+    attribute_residual,
+    logit_diff,
+    patch_heads,
+    patch_residual,
+)
 
 
 def pairs(n: int, seed: int = 11):
@@ -43,23 +54,43 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=20)
     parser.add_argument("--models", nargs="+", default=["toy-llava", "toy-paligemma", "toy-qwen2vl"])
+    parser.add_argument("--all-pairs", action="store_true", help="keep pairs the toy gets wrong too")
+    parser.add_argument("--pool", type=int, default=200, help="candidate pairs to draw the N pairs from")
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
     torch.set_grad_enabled(True)
-    chosen = pairs(args.pairs)
+    chosen = pairs(args.pool)
     for name in args.models:
         model = HookedVLM.from_pretrained(name)
         tok = model.tokenizer
         metric = logit_diff(tok.convert_tokens_to_ids("yes"), tok.convert_tokens_to_ids("no"))
-        cells = {"resid": ([], []), "heads z": ([], [])}
+        kinds = {
+            "resid": (attribute_residual, patch_residual, {}, {}),
+            "heads z": (attribute_heads, patch_heads, {"point": "z"}, {"point": "z"}),
+            "heads q": (attribute_heads, patch_heads, {"point": "q", "qk_fix": False}, {"point": "q"}),
+            "heads q AtP*": (attribute_heads, patch_heads, {"point": "q"}, {"point": "q"}),
+            "heads k": (attribute_heads, patch_heads, {"point": "k", "qk_fix": False}, {"point": "k"}),
+            "heads k AtP*": (attribute_heads, patch_heads, {"point": "k"}, {"point": "k"}),
+        }
+        cells = {key: ([], []) for key in kinds}
+        used = 0
         for question, yes_image, no_image in chosen:
             clean, corrupt = model.prepare([yes_image], [question]), model.prepare([no_image], [question])
             if clean.layout.seq_len != corrupt.layout.seq_len:
                 continue
-            for key, atp_fn, exact_fn in (("resid", attribute_residual, patch_residual),
-                                          ("heads z", attribute_heads, patch_heads)):
-                cells[key][0].append(effects(atp_fn(model, clean, corrupt, metric)))
-                cells[key][1].append(effects(exact_fn(model, clean, corrupt, metric, chunk_size=16)))
+            if not args.all_pairs and not (float(metric(model.forward(clean), clean)) > 0
+                                           > float(metric(model.forward(corrupt), corrupt))):
+                continue
+            exact_cache = {}
+            for key, (atp_fn, exact_fn, atp_kw, exact_kw) in kinds.items():
+                cells[key][0].append(effects(atp_fn(model, clean, corrupt, metric, **atp_kw)))
+                tag = (exact_fn, tuple(exact_kw.items()))
+                if tag not in exact_cache:
+                    exact_cache[tag] = effects(exact_fn(model, clean, corrupt, metric, chunk_size=16, **exact_kw))
+                cells[key][1].append(exact_cache[tag])
+            used += 1
+            if used == args.pairs:
+                break
         for key, (atp, exact) in cells.items():
             a, e = np.concatenate(atp), np.concatenate(exact)
             r = float(np.corrcoef(a, e)[0, 1])

@@ -92,6 +92,10 @@ class Step:
         past = int(cache.get_seq_length()) if cache is not None else 0
         return cls(past, length)
 
+    def generated(self, prompt_length: int) -> int:
+        """The generation step: tokens generated before this forward (0: the prompt's forward)."""
+        return self.past + self.length - prompt_length
+
     def window(self, prompt: torch.Tensor, axis: int, fill: Any = False) -> torch.Tensor:
         """Cut a prompt-shaped tensor to this step's positions along ``axis``.
 

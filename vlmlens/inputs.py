@@ -37,6 +37,12 @@ class Batch:
     def input_ids(self) -> torch.Tensor:
         return self.inputs["input_ids"]
 
+    @property
+    def shape(self) -> torch.Size:
+        """``input_ids``'s shape (``batch pos``), so code written for token tensors (e.g.
+        TransformerLens's patching functions) can take a Batch."""
+        return self.input_ids.shape
+
     def to(self, device: torch.device | str) -> Batch:
         """The same batch with every tensor on ``device``."""
         moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.inputs.items()}

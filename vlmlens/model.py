@@ -29,6 +29,7 @@ from vlmlens.errors import InputError, SiteNotFoundError
 from vlmlens.hooks import InstalledHooks, install
 from vlmlens.inputs import Batch, prepare_batch
 from vlmlens.sites import BLOCK_POINTS, Point, Site, Tower, as_point, site_names
+from vlmlens.tl import TLSurface
 
 __all__ = ["HookedVLM", "Generation", "TowerAccessor"]
 
@@ -83,7 +84,7 @@ class TowerAccessor:
         return sorted({s.short for s in self._model.sites() if s.tower is self._tower})
 
 
-class HookedVLM:
+class HookedVLM(TLSurface):
     """A Hugging Face VLM with a named hook at every head, residual stream and neuron.
 
     Build it with :meth:`from_pretrained` or :meth:`from_hf`. Sites are named the same
@@ -241,15 +242,18 @@ class HookedVLM:
             layer: block index.
             part: ``attn``, ``attn_norm``, ``mlp``, ``mlp_norm``, ``mlp_in`` (gate / fc1),
                 ``mlp_down`` (down / fc2), ``o_proj``, and where the block has them
-                ``attn_out_norm`` / ``mlp_out_norm`` (Gemma-2's norms after each branch).
+                ``attn_out_norm`` / ``mlp_out_norm`` (Gemma-2's norms after each branch),
+                ``mlp_up`` (a gated MLP's up projection), ``q_proj`` / ``k_proj`` / ``v_proj``.
         """
         tower = Tower(tower)
         spec = self.adapter.text if tower is Tower.TEXT else self.adapter.vision
         b = spec.block
         paths = {"attn": b.attn, "attn_norm": b.attn_norm, "mlp": b.mlp, "mlp_norm": b.mlp_norm,
                  "mlp_in": f"{b.mlp}.{b.mlp_in}", "mlp_down": f"{b.mlp}.{b.mlp_down}", "o_proj": f"{b.attn}.{b.o_proj}"}
-        paths |= {name: path for name, path in (("attn_out_norm", b.attn_out_norm), ("mlp_out_norm", b.mlp_out_norm))
-                  if path is not None}
+        optional = {"attn_out_norm": b.attn_out_norm, "mlp_out_norm": b.mlp_out_norm,
+                    "mlp_up": b.mlp_up and f"{b.mlp}.{b.mlp_up}", "q_proj": b.q_proj and f"{b.attn}.{b.q_proj}",
+                    "k_proj": b.k_proj and f"{b.attn}.{b.k_proj}", "v_proj": b.v_proj and f"{b.attn}.{b.v_proj}"}
+        paths |= {name: path for name, path in optional.items() if path is not None}
         if part not in paths:
             raise SiteNotFoundError(f"unknown block part {part!r}; valid parts: {', '.join(paths)}")
         return self.module(f"{spec.layers}.{self._layer(tower, layer)}.{paths[part]}")

@@ -28,7 +28,7 @@ from typing import no_type_check
 
 from vlmlens.errors import SiteNotFoundError
 
-__all__ = ["Tower", "Point", "Site", "BLOCK_POINTS", "HEAD_POINTS", "as_point", "site_names"]
+__all__ = ["BLOCK_POINTS", "HEAD_POINTS", "Point", "Site", "Tower", "as_point", "site_names"]
 
 
 class Tower(str, Enum):
@@ -120,6 +120,7 @@ _TOWER_POINTS: dict[Tower, tuple[Point, ...]] = {
 }
 _PROJECTOR_SUFFIX = {Point.PROJ_IN: "hook_in", Point.PROJ_OUT: "hook_out"}
 _BLOCK_RE = re.compile(r"^(text|vision)\.blocks\.(\d+)\.(.+)$")
+_TL_TOWER_NAMES = frozenset({"hook_embed", "ln_final.hook_normalized"})
 
 
 @dataclass(frozen=True, order=True)
@@ -171,6 +172,8 @@ class Site:
 
         Args:
             name: e.g. ``"text.blocks.3.attn.hook_pattern"`` (a ``Site`` is returned as is).
+                TransformerLens names (``"blocks.3.attn.hook_pattern"``, ``"hook_embed"``,
+                ``"ln_final.hook_normalized"``) name the text tower.
 
         Raises:
             SiteNotFoundError: the name is not a site name; the message lists the closest names.
@@ -179,6 +182,8 @@ class Site:
             return name
         if not isinstance(name, str):
             raise SiteNotFoundError(f"a site name must be a str or Site, got {type(name).__name__}")
+        if name.startswith("blocks.") or name in _TL_TOWER_NAMES:  # TransformerLens's names: the text tower
+            name = f"{Tower.TEXT.value}.{name}"
         match = _BLOCK_RE.match(name)
         if match:
             tower, layer, suffix = match.groups()
@@ -213,6 +218,12 @@ class Site:
 
     def __repr__(self) -> str:
         return f"Site({str(self)!r})"
+
+    @property
+    def tl_name(self) -> str:
+        """The TransformerLens name: the text tower without its ``text.`` prefix, others in full."""
+        name = str(self)
+        return name.removeprefix(f"{Tower.TEXT.value}.") if self.tower is Tower.TEXT else name
 
 
 _POINT_BY_VALUE = {p.value: p for p in Point}

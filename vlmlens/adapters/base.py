@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["BlockSpec", "TowerSpec", "Adapter"]
+__all__ = ["Adapter", "BlockSpec", "TowerSpec"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,6 +32,9 @@ class BlockSpec:
         attn_out_norm: a norm applied to the attention output before the residual add
             (Gemma-2's sandwich norm), whose output is ``hook_attn_out``; ``None``: none.
         mlp_out_norm: the same after the MLP (its output is ``hook_mlp_out``).
+        mlp_up: a gated MLP's up projection (TL's ``W_in``), beside ``mlp_in`` (the gate).
+        q_proj, k_proj, v_proj: inside ``attn``, separate query/key/value projections
+            (``None`` where they are fused), for TL-shaped weights.
     """
 
     attn: str
@@ -44,6 +47,10 @@ class BlockSpec:
     attn_returns_tuple: bool = True
     attn_out_norm: str | None = None
     mlp_out_norm: str | None = None
+    mlp_up: str | None = None
+    q_proj: str | None = None
+    k_proj: str | None = None
+    v_proj: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

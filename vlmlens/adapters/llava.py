@@ -10,6 +10,10 @@ LLAMA_BLOCK = BlockSpec(
     mlp_in="gate_proj",
     mlp_down="down_proj",
     o_proj="o_proj",
+    mlp_up="up_proj",
+    q_proj="q_proj",
+    k_proj="k_proj",
+    v_proj="v_proj",
 )
 
 CLIP_BLOCK = BlockSpec(
@@ -20,6 +24,9 @@ CLIP_BLOCK = BlockSpec(
     mlp_in="fc1",
     mlp_down="fc2",
     o_proj="out_proj",
+    q_proj="q_proj",
+    k_proj="k_proj",
+    v_proj="v_proj",
 )
 
 ADAPTER = Adapter(

@@ -7,9 +7,13 @@ from vlmlens.ops.attribution import (
     attribute_residual,
 )
 from vlmlens.ops.cache import ActivationCache, run_with_cache, select_sites
+from vlmlens.ops.heads import HeadScores, attention_sinks, knockout_flow, visual_heads
 from vlmlens.ops.interventions import (
     Ablate,
+    AtSteps,
     BlockAttention,
+    Hook,
+    HookInfo,
     Intervention,
     MaskPixels,
     MaskTokens,
@@ -41,6 +45,7 @@ from vlmlens.ops.patching import (
     patch_residual,
 )
 from vlmlens.ops.positions import ImagePatches
+from vlmlens.ops.sae import Splice, sae_features
 from vlmlens.ops.store import ActivationStore, StoreInfo, write_store
 from vlmlens.ops.sweep import repeat_batch, sweep
 
@@ -50,11 +55,14 @@ __all__ = [
     "select_sites",
     "Intervention",
     "Ablate",
+    "AtSteps",
     "Patch",
     "Steer",
     "MaskPixels",
     "MaskTokens",
     "BlockAttention",
+    "Hook",
+    "HookInfo",
     "applied",
     "run_with_interventions",
     "mean_activation",
@@ -63,6 +71,12 @@ __all__ = [
     "top_patches",
     "sweep",
     "repeat_batch",
+    "HeadScores",
+    "visual_heads",
+    "attention_sinks",
+    "knockout_flow",
+    "Splice",
+    "sae_features",
     "ActivationStore",
     "StoreInfo",
     "write_store",

@@ -95,22 +95,28 @@ def attribute_heads(
     point: str | Point = "z",
     layers: Sequence[int] | None = None,
     positions: Positions = None,
+    qk_fix: bool = True,
 ) -> PatchingResult:
     """AtP estimate of :func:`~vlmlens.ops.patch_heads`: one value per (layer, head).
 
     Args:
         point: ``"z"`` (default), ``"result"``, ``"q"``, ``"k"``, ``"v"`` or ``"pattern"``.
-            For q, k and the pattern the first-order estimate misses attention saturation
-            (AtP*'s QK fix is not applied); prefer z or result.
-        positions: restrict to these (query) positions, as in ``patch_heads``.
+        positions: restrict to these positions (queries; keys for ``"k"``), as in ``patch_heads``.
+        qk_fix: for ``"q"`` and ``"k"``, AtP*'s fix for attention saturation (Kramar et al.
+            2024): the head's pattern after the patch is recomputed exactly (softmax of the
+            patched scores, same mask and soft-cap), and only the step from the pattern to
+            the metric is linearised. ``False``: the plain first-order estimate.
 
     Returns:
-        Values ``layer head``.
+        Values ``layer head`` (key-value heads for ``"k"`` and ``"v"``).
     """
     layout = _check_layouts(clean, corrupt)
     p = as_point(point)
     if p not in _HEAD_POINTS:
         raise InputError(f"attribute_heads attributes a per-head point (q, k, v, z, pattern, result), got {p.short!r}")
+    if qk_fix and p in (Point.Q, Point.K):
+        return _qk_fixed(model, clean, corrupt, metric, p, _layers(model, layers),
+                         resolve_positions(positions, layout, layout.seq_len))
     sites = [getattr(model.text, p.short)[layer] for layer in _layers(model, layers)]
     products, ends = _products(model, clean, corrupt, metric, sites)
     mask = resolve_positions(positions, layout, layout.seq_len)
@@ -197,3 +203,53 @@ def attribute_image_patches(
     return PatchingResult(values=values, axes=("layer", "row", "col"),
                           labels=(tuple(s.layer for s in sites), tuple(range(rows)), tuple(range(cols))),
                           sites=tuple(sites), **ends)
+
+
+def _scores(model: Any, layer: int, q: Tensor, k: Tensor) -> Tensor:
+    """Attention scores as the kernel computes them before the mask: ``batch head q k``."""
+    attn = model.block_module("text", layer, "attn")
+    k = k.repeat_interleave(q.shape[2] // k.shape[2], dim=2)  # key-value heads shared by query heads
+    raw = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) * attn.scaling
+    cap = getattr(attn, "attn_logit_softcapping", None)
+    return raw if cap is None else torch.tanh(raw / cap) * cap
+
+
+def patched_pattern(model: Any, layer: int, pattern: Tensor, qk: tuple[Tensor, Tensor],
+                    patched: tuple[Tensor, Tensor]) -> Tensor:
+    """The pattern of a text layer after its q and k change from ``qk`` to ``patched``, exactly.
+
+    ``softmax(log(pattern) + new scores - old scores)``: the mask and each row's normaliser
+    cancel, so no mask has to be rebuilt; masked keys (pattern 0) stay 0.
+    """
+    shift = _scores(model, layer, *patched) - _scores(model, layer, *qk)
+    return torch.softmax(pattern.float().log() + shift, dim=-1).nan_to_num(0.0)
+
+
+def _qk_fixed(model: Any, clean: Batch, corrupt: Batch, metric: Metric, point: Point, layers: list[int],
+              mask: Tensor | None) -> PatchingResult:
+    """AtP* for q or k: exact pattern after the patch, linear from the pattern to the metric."""
+    sites = {(kind, l): getattr(model.text, kind)[l] for kind in ("q", "k", "pattern") for l in layers}
+    clean_logits, clean_cache = run_with_cache(model, clean, sites=list(sites.values()), positions="all", device=None)
+    corrupt_logits, cache = run_with_cache(model, corrupt, sites=list(sites.values()), positions="all", device=None,
+                                           grad=metric)
+    rows = []
+    for layer in layers:
+        q, k = cache[sites["q", layer]], cache[sites["k", layer]]
+        chosen = sites[point.short, layer]
+        new = clean_cache[chosen].to(q.device)
+        if mask is not None:
+            old = cache[chosen]
+            new = torch.where(mask[:, :, None, None].to(q.device), new, old)
+        patched_q, patched_k = (new, k) if point is Point.Q else (q, new)
+        pattern = cache[sites["pattern", layer]].float()
+        after = patched_pattern(model, layer, pattern, (q, k), (patched_q, patched_k))
+        effect = ((after - pattern) * cache.grads[sites["pattern", layer]].float()).sum((0, 2, 3))  # query heads
+        if point is Point.K:
+            effect = effect.view(k.shape[2], -1).sum(-1)  # per key-value head: its query heads together
+        rows.append(effect.cpu())
+    base = _scalar(metric(corrupt_logits, corrupt))
+    chosen_sites = tuple(sites[point.short, l] for l in layers)
+    values = base + torch.stack(rows)
+    return PatchingResult(values=values, axes=("layer", "head"),
+                          labels=(tuple(layers), tuple(range(values.shape[1]))), sites=chosen_sites,
+                          clean_metric=_scalar(metric(clean_logits, clean)), corrupt_metric=base)

@@ -134,6 +134,12 @@ class ActivationCache(Mapping):
             stack = apply_ln_to_stack(model, self, stack, None if stop == model.n_layers else stop, mlp_input=mlp_input)
         return (stack, labels) if return_labels else stack
 
+    def to_transformer_lens(self) -> Any:
+        """This cache's text tower as a ``transformer_lens.ActivationCache`` (see :mod:`vlmlens.tl`)."""
+        from vlmlens.tl import to_transformer_lens
+
+        return to_transformer_lens(self)
+
     def decompose_resid(self, layer: int | None = None, **kwargs: Any) -> Any:
         """:func:`vlmlens.ops.decompose_resid` on this cache."""
         from vlmlens.ops.logit_attribution import decompose_resid

@@ -35,14 +35,17 @@ from vlmlens.ops.positions import Patches, Positions, patch_lists, token_mask
 from vlmlens.sites import Point, Site, Tower
 
 __all__ = [
-    "Intervention",
     "Ablate",
-    "Patch",
-    "Steer",
+    "AtSteps",
+    "BlockAttention",
+    "Hook",
+    "HookInfo",
+    "Intervention",
     "MaskPixels",
     "MaskTokens",
-    "BlockAttention",
+    "Patch",
     "Patches",
+    "Steer",
     "applied",
     "run_with_interventions",
 ]
@@ -273,6 +276,111 @@ class Steer(_SiteEdit):
         return act + self.scale * vector, None
 
 
+@dataclass(frozen=True)
+class HookInfo:
+    """The ``hook`` argument of a TransformerLens-style hook function: its site's name and layer."""
+
+    site: Site
+
+    @property
+    def name(self) -> str:
+        """The TransformerLens name (``blocks.0.attn.hook_z``; other towers keep their prefix)."""
+        return self.site.tl_name
+
+    def layer(self) -> int | None:
+        return self.site.layer
+
+
+@no_type_check
+@dataclass(frozen=True, kw_only=True)
+class Hook(Intervention):
+    """Call ``fn(activation, hook)`` at a site, with TransformerLens's hook-function semantics.
+
+    ``fn`` gets a copy of the activation (as the model computed it, at every firing:
+    each decode step in generation, each copy's own rows in a sweep) and a
+    :class:`HookInfo`; it returns a new activation of the same shape, or ``None`` to keep
+    what it edited in place. Any custom edit can be written this way, without subclassing.
+
+    Example:
+        >>> def double(resid, hook):
+        ...     return 2 * resid
+        >>> logits = run_with_interventions(model, batch, [Hook(site="blocks.0.hook_resid_post", fn=double)])
+    """
+
+    site: Site | str
+    fn: Callable[..., Any] = field(compare=False)
+
+    def __post_init__(self) -> None:
+        _check_site(self)
+        if not callable(self.fn):
+            raise InterventionError(f"Hook fn must be callable as fn(activation, hook), got {type(self.fn).__name__}")
+
+    def compile(self, ctx: EditContext) -> list[tuple[Site, Edit]]:
+        site = ctx.model.site(self.site)
+        _warn_unused(ctx.model, site)
+        info = HookInfo(site)
+
+        def fn(act: torch.Tensor, frame: Frame) -> torch.Tensor:
+            work = act.clone()
+            out = self.fn(work, info)
+            if out is None:
+                return work
+            if not isinstance(out, torch.Tensor) or out.shape != act.shape:
+                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise InterventionError(f"the hook function at {site.tl_name} returned {got}; return a tensor of the "
+                                        f"activation's shape {tuple(act.shape)}, or None after editing it in place")
+            return out
+
+        return [(site, _edit(site, ctx, fn))]
+
+
+@no_type_check
+@dataclass(frozen=True, kw_only=True)
+class AtSteps(Intervention):
+    """Apply interventions at chosen generation steps only.
+
+    Step 0 is the forward over the prompt (and the image: vision, projector and pixel
+    edits happen there or not at all); step ``k >= 1`` is the forward that reads the
+    ``k``-th generated token to choose the next. An edit wrapped here acts on exactly what
+    it would act on unwrapped, in those forwards only. Outside generation a forward is
+    step 0.
+
+    Example:
+        >>> steer = Steer(site="text.blocks.1.hook_resid_pre", vector=v)
+        >>> model.generate(batch, max_new_tokens=5, interventions=[AtSteps(interventions=(steer,), steps=(2, 3))])
+    """
+
+    interventions: tuple[Intervention, ...]
+    steps: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        inner = self.interventions
+        if isinstance(inner, Intervention) or not isinstance(inner, (list, tuple)) or not all(
+                isinstance(i, Intervention) for i in inner) or not inner:
+            raise InterventionError(f"AtSteps(interventions=...) takes a non-empty tuple of interventions, got {inner!r}")
+        object.__setattr__(self, "interventions", tuple(inner))
+        _indices(self, "steps")
+        bad = [s for s in self.steps if s < 0]
+        if bad:
+            raise InterventionError(f"generation steps count from 0 (the prompt's forward), got {bad[0]}")
+
+    def compile(self, ctx: EditContext) -> list[tuple[Site | str, Edit]]:
+        if ctx.layout is None:
+            raise InterventionError("AtSteps needs a Batch from model.prepare() (its prompt length counts the steps)")
+        stack = ctx.model._hooks.stack
+        prompt = ctx.layout.seq_len
+
+        def gate(site: Site | str, fn: Edit) -> Edit:
+            def apply(act: torch.Tensor) -> torch.Tensor:
+                text = isinstance(site, Site) and site.tower is Tower.TEXT
+                step = stack.step.generated(prompt) if text else 0
+                return fn(act) if step in self.steps else act
+
+            return apply
+
+        return [(site, gate(site, fn)) for inner in self.interventions for site, fn in inner.compile(ctx)]
+
+
 @no_type_check
 @dataclass(frozen=True, kw_only=True)
 class MaskPixels(Intervention):
@@ -348,22 +456,27 @@ class MaskTokens(Intervention):
 @no_type_check
 @dataclass(frozen=True, kw_only=True)
 class BlockAttention(Intervention):
-    """Block attention edges from query positions to image patches in chosen text layers.
+    """Block attention edges from a query group to a key group in chosen text layers.
 
     Blocked pattern entries are set to 0 and each row is renormalised, which equals
-    masking those scores to -inf before the softmax.
+    masking those scores to -inf before the softmax (attention knockout).
 
     Attributes:
         layers: text layers to edit.
-        patches: per sample the ``(row, col)`` patches that may not be attended.
+        patches: per sample the ``(row, col)`` patches that may not be attended; or
+        keys: any key positions instead (``"image"``, ``"question"``, ``"last"``, indices,
+            a ``batch seq`` mask, ``ImagePatches``): e.g. question -> image with
+            ``queries="question", keys="image"``, image -> image with both ``"image"``.
+            Exactly one of ``patches`` and ``keys``.
         queries: query positions (default ``"last"``, the answer-predicting token;
             ``None`` for every query, generated tokens included).
         heads: restrict to these heads (default all).
-        image: which image of each sample.
+        image: which image of each sample (with ``patches``).
     """
 
     layers: tuple[int, ...]
-    patches: Patches = field(compare=False)
+    patches: Patches | None = field(default=None, compare=False)
+    keys: Positions = field(default=None, compare=False)
     queries: Positions = "last"
     heads: tuple[int, ...] | None = None
     image: int = 0
@@ -371,12 +484,22 @@ class BlockAttention(Intervention):
     def __post_init__(self) -> None:
         _indices(self, "layers")
         _indices(self, "heads")
+        if (self.patches is None) == (self.keys is None):
+            raise InterventionError("BlockAttention takes exactly one of patches=... (image patches) and keys=... "
+                                    "(any key positions, e.g. 'image' or 'question')")
 
     def compile(self, ctx: EditContext) -> list[tuple[Site, Edit]]:
+        from vlmlens.ops.positions import resolve_positions
+
         layout = ctx.layout
         if layout is None:
             raise InterventionError("BlockAttention needs a Batch from model.prepare()")
-        keys = token_mask(self.patches, layout, self.image)
+        if self.patches is not None:
+            keys = token_mask(self.patches, layout, self.image)
+        else:
+            keys = resolve_positions(self.keys, layout, layout.seq_len)
+            if keys is None:  # every key: nothing would be left to attend to
+                raise InterventionError("BlockAttention keys='all' would block every key; name a key group")
         out = []
         for layer in self.layers:
             site = ctx.model.site(Site(Tower.TEXT, Point.PATTERN, layer))
@@ -396,8 +519,6 @@ class BlockAttention(Intervention):
 
 
 @no_type_check
-
-
 def compile_all(model: Any, interventions: Sequence[Intervention], layout: TokenLayout | None,
                 copy: int | None = None) -> list[tuple[Site | str, Edit]]:
     """Validate and compile a list of interventions against a batch layout."""
@@ -457,8 +578,6 @@ def applied(
 
 
 @no_type_check
-
-
 def run_with_interventions(model: Any, batch: Any, interventions: Sequence[Intervention]) -> torch.Tensor:
     """One forward with the interventions applied; returns logits ``batch seq vocab``."""
     layout = getattr(batch, "layout", None)

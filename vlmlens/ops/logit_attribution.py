@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, no_type_check
 
 import torch
 from jaxtyping import Float, Int
@@ -136,6 +136,7 @@ def _stop(model: Any, layer: int | None) -> int:
     return layer % n if layer < 0 else layer
 
 
+@no_type_check
 def decompose_resid(model: Any, cache: Any, layer: int | None = None, *, mlp_input: bool = False,
                     mode: str = "all", apply_ln: bool = False, incl_embeds: bool = True,
                     return_labels: bool = False) -> Tensor | tuple[Tensor, list[str]]:
@@ -183,6 +184,7 @@ def _branch_norm(model: Any, layer: int, part: str, branch_input: Tensor) -> Fro
     return _rms_frozen(model, norm, branch_input)
 
 
+@no_type_check
 def stack_head_results(model: Any, cache: Any, layer: int | None = None, *, apply_ln: bool = False,
                        incl_remainder: bool = False,
                        return_labels: bool = False) -> Tensor | tuple[Tensor, list[str]]:
@@ -233,6 +235,7 @@ def _token_ids(model: Any, tokens: Tokens) -> Tensor:
     return ids
 
 
+@no_type_check
 def token_directions(model: Any, tokens: Tokens, incorrect_tokens: Tokens | None = None) -> Tensor:
     """Unembedding rows of ``tokens`` (minus those of ``incorrect_tokens``): ``[...] d_model``."""
     weight = model.unembed.weight.detach().float()
@@ -252,6 +255,7 @@ def _align(direction: Tensor, rows: tuple[int, ...]) -> Tensor:
     return direction
 
 
+@no_type_check
 def logit_attrs(model: Any, cache: Any, stack: Float[Tensor, "part *rows d_model"], tokens: Tokens,
                 incorrect_tokens: Tokens | None = None, *, apply_ln: bool = True) -> Float[Tensor, " part *rows"]:
     """Each part's push on ``tokens``'s logit (minus ``incorrect_tokens``'s).
@@ -265,6 +269,7 @@ def logit_attrs(model: Any, cache: Any, stack: Float[Tensor, "part *rows d_model
     return (scaled * direction.to(scaled.device)).sum(-1)
 
 
+@no_type_check
 def neuron_logit_attrs(model: Any, cache: Any, layer: int, tokens: Tokens,
                        incorrect_tokens: Tokens | None = None) -> Float[Tensor, "*rows neuron"]:
     """Each MLP neuron of ``layer``'s direct push on the logit (difference), through ``W_down``.
@@ -320,6 +325,7 @@ class LogitLens:
         return self.logits[..., k].reshape(*self.logits.shape[:2], *self.grid)
 
 
+@no_type_check
 def logit_lens(model: Any, batch: Any, *, positions: Any = "last", tokens: Tokens | None = None,
                top_k: int = 5, layers: Sequence[int] | None = None) -> LogitLens:
     """Unembed the residual stream at each layer, through the real final norm.

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from vlmlens.ops import (
@@ -91,3 +92,52 @@ def test_neuron_and_image_patch_estimates(model):
         mask[b, clean.layout.patch_position(b, 1, 0)] = True
     want = directional(model, clean, corrupt, metric, model.text.embed, positions=mask)
     assert close(float(grid.values[1, 0]) - grid.corrupt_metric, want)
+
+
+def test_qk_fix_recomputes_the_patched_pattern_exactly(model, batch):
+    """The pattern AtP* builds after patching q (or k) equals the pattern of the patched forward."""
+    from vlmlens.ops import Patch, run_with_cache
+    from vlmlens.ops.attribution import patched_pattern
+
+    other = model.prepare(tiny_images(2, seed=21), ["Is there a cat in the image?", "Is there a dog?"])
+    assert other.layout.seq_len == batch.layout.seq_len  # same prompts: q/k sources line up
+    sites = [f"text.blocks.1.attn.hook_{x}" for x in ("q", "k", "pattern")]
+    _, src = run_with_cache(model, other, sites=sites)
+    _, base = run_with_cache(model, batch, sites=sites)
+    q, k, pattern = (base[s] for s in sites)
+    for i, point in enumerate(("q", "k")):
+        _, true = run_with_cache(model, batch, sites=[sites[2]], interventions=[Patch(site=sites[i], source=src[sites[i]])])
+        patched = (src[sites[0]], k) if point == "q" else (q, src[sites[1]])
+        got = patched_pattern(model, 1, pattern, (q, k), patched)
+        real = ~batch.layout.padding  # padding queries attend to nothing real (a uniform row over masked keys)
+        torch.testing.assert_close(got.transpose(1, 2)[real], true[sites[2]].transpose(1, 2)[real],
+                                   atol=2e-5, rtol=1e-4)
+
+
+def test_qk_fix_changes_q_and_k_estimates_only(model, batch):
+    clean, corrupt = batch, model.prepare(tiny_images(2, seed=21), ["Is there a cat in the image?", "Is there a dog?"])
+    metric = logit_diff(5, 7)
+    fixed = attribute_heads(model, clean, corrupt, metric, point="k")
+    plain = attribute_heads(model, clean, corrupt, metric, point="k", qk_fix=False)
+    assert fixed.values.shape == plain.values.shape == (model.n_layers, model.n_kv_heads)
+    assert fixed.corrupt_metric == pytest.approx(plain.corrupt_metric)
+    assert not torch.allclose(fixed.values, plain.values)
+    z = attribute_heads(model, clean, corrupt, metric, point="z")
+    assert torch.equal(z.values, attribute_heads(model, clean, corrupt, metric, point="z", qk_fix=False).values)
+
+
+def test_qk_fix_pattern_with_gemma2_softcap():
+    from vlmlens import HookedVLM
+    from vlmlens.ops import Patch, run_with_cache
+    from vlmlens.ops.attribution import patched_pattern
+    from vlmlens.testing import tiny_paligemma2
+
+    model = HookedVLM.from_hf(*tiny_paligemma2())
+    question = ["Is there a cat in the image?"]
+    batch, other = model.prepare(tiny_images(1, seed=3), question), model.prepare(tiny_images(1, seed=4), question)
+    sites = [f"text.blocks.0.attn.hook_{x}" for x in ("q", "k", "pattern")]
+    _, src = run_with_cache(model, other, sites=sites)
+    _, base = run_with_cache(model, batch, sites=sites)
+    _, true = run_with_cache(model, batch, sites=[sites[2]], interventions=[Patch(site=sites[1], source=src[sites[1]])])
+    got = patched_pattern(model, 0, base[sites[2]], (base[sites[0]], base[sites[1]]), (base[sites[0]], src[sites[1]]))
+    torch.testing.assert_close(got, true[sites[2]], atol=2e-5, rtol=1e-4)

@@ -17,6 +17,7 @@ import torch
 from vlmlens.context import Call
 from vlmlens.ops import (
     Ablate,
+    AtSteps,
     BlockAttention,
     MaskPixels,
     MaskTokens,
@@ -322,3 +323,43 @@ def test_image_edits_with_two_return_sequences(model, gen_batch):
 
     with hooks(block.register_forward_hook(zero, prepend=True)):
         check(model, gen_batch, gen, copies=2, pixels=grey, greedy=False)
+
+
+@pytest.mark.parametrize("steps", [(0,), (2,), (1, 3)])
+def test_at_steps_steers_only_the_chosen_forwards(model, gen_batch, steps):
+    """Step 0 covers the prompt's positions; step k >= 1 the position of the k-th generated token."""
+    vector = torch.randn(model.d_model, generator=torch.Generator().manual_seed(4))
+    steer = Steer(site="text.blocks.1.hook_resid_pre", vector=vector, scale=2.0)
+    gen = model.generate(gen_batch, max_new_tokens=NEW, interventions=[AtSteps(interventions=(steer,), steps=steps)])
+    edited_differs(model, gen_batch, gen)
+    S = gen_batch.inputs["input_ids"].shape[1]
+    covered = [p for k in steps for p in (range(S) if k == 0 else [S + k - 1])]
+
+    def add(module, args, kwargs):
+        hidden = (args[0] if args else kwargs["hidden_states"]).clone()
+        hidden[:, covered] += 2.0 * vector
+        return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+
+    with hooks(layer(model, 1).register_forward_pre_hook(add, with_kwargs=True)):
+        check(model, gen_batch, gen)
+
+
+def test_at_steps_with_image_side_edits_acts_at_the_prompt_only(model, gen_batch):
+    ablate = Ablate(site="projector.hook_out")
+    inside = model.generate(gen_batch, max_new_tokens=NEW, interventions=[AtSteps(interventions=(ablate,), steps=(0,))])
+    plain = model.generate(gen_batch, max_new_tokens=NEW, interventions=[ablate])
+    never = model.generate(gen_batch, max_new_tokens=NEW, interventions=[AtSteps(interventions=(ablate,), steps=(1, 2))])
+    assert torch.equal(inside.scores, plain.scores)
+    assert torch.equal(never.scores, model.generate(gen_batch, max_new_tokens=NEW).scores)
+
+
+def test_at_steps_bad_input():
+    from vlmlens.errors import InterventionError
+
+    steer = Steer(site="text.blocks.1.hook_resid_pre", vector=torch.zeros(4))
+    with pytest.raises(InterventionError, match="tuple of interventions"):
+        AtSteps(interventions=steer, steps=(0,))
+    with pytest.raises(InterventionError, match="count from 0"):
+        AtSteps(interventions=(steer,), steps=(-1,))
+    with pytest.raises(InterventionError, match="tuple of indices"):
+        AtSteps(interventions=(steer,), steps=1)
