@@ -4,16 +4,18 @@ The three arms share the dimensions (:data:`vlmlens.zoo.configs.DIMS` ``["toy2"]
 layers of width 192, 2 key-value heads everywhere), the training scenes and examples, the
 vision-tower pre-training, the batch size and the total number of optimiser steps. No arm
 has an auxiliary readout: every loss is the language-modelling loss on answer tokens.
+Every arm's LM is first pre-trained on the examples' text with the images withheld (the same
+``lm-text`` stage: it learns the answers' priors), as the real models start from a text LM.
 What differs is the fusion:
 
-* ``late`` (LLaVA): the tower, pre-trained separately, stays frozen; the causal LM is first
-  pre-trained on the examples' text with the images withheld (so it learns the answers'
-  priors), then the projector alone learns on captions (LLaVA's stage 1), then projector and
-  LM learn together (stage 2). Causal mask: image tokens never see the question.
-* ``early`` (PaliGemma): tower, projector and LM learn end to end from the first step,
+* ``late`` (LLaVA): the tower, pre-trained separately, stays frozen; the projector alone
+  learns on captions (LLaVA's stage 1), then projector and LM learn together (stage 2).
+  Causal mask: image tokens never see the question.
+* ``early`` (PaliGemma): tower, projector and LM learn together from the first image step,
   with a bidirectional prefix (image and question attend to each other).
-* ``native`` (Qwen2-VL): end to end from the first step, with M-RoPE, the 2x2 patch merger
-  and images kept at their own size (the training scenes come at 48 and 64 px).
+* ``native`` (Qwen2-VL): tower and 2x2 patch merger learn on captions with the LM frozen
+  (Qwen2-VL's stage 1), then everything learns together; causal, M-RoPE, images kept at
+  their own size (the training scenes come at 48 and 64 px).
 
 Example:
     >>> from vlmlens.zoo.fusion import FUSION_RECIPES
@@ -76,6 +78,11 @@ class FusionRecipe:
             is frozen afterwards unless a stage trains it.
         vision_pretrain_lr: Its learning rate.
         vision_pretrain_batch: Its batch size (images).
+        vision_pretrain_merger: Qwen2-VL only: pre-train the 2x2 merger with the tower.
+            ``False`` in zoo v2: the merger is Qwen2-VL's projector, and no arm
+            pre-trains its projector (a merger pre-trained on presence and layout heads
+            hands the LM image tokens about 100 times the norm of its text embeddings,
+            and the native arm then sat at chance).
         vision_feature_layer: LLaVA's ``vision_feature_layer``; ``None`` keeps the config's.
         tie_word_embeddings: Tie the LM's input and output embeddings (``None``: the
             family's default).
@@ -91,6 +98,7 @@ class FusionRecipe:
     vision_pretrain_steps: int = 300
     vision_pretrain_lr: float = 3e-3
     vision_pretrain_batch: int = 64
+    vision_pretrain_merger: bool = False
     vision_feature_layer: int | None = -1
     tie_word_embeddings: bool | None = True
     qwen_min_size: int = 32
@@ -134,22 +142,39 @@ class FusionRecipe:
         return dataclasses.replace(self, stages=stages, vision_pretrain_steps=pre)
 
 
+def _lm_text() -> Stage:
+    # Every arm starts from the same text-pretrained LM, as LLaVA (Vicuna), PaliGemma
+    # (Gemma) and Qwen2-VL (Qwen2) do: trained from scratch on images, the causal native
+    # arm sat at chance for 1,800 steps (docs/zoo/v2.md).
+    return Stage(name="lm-text", steps=800, lr=2e-3, train=("lm",), text_only=True)
+
+
 def _late() -> tuple[Stage, ...]:
     return (
-        Stage(name="lm-text", steps=800, lr=2e-3, train=("lm",), text_only=True),
+        _lm_text(),
         Stage(name="align", steps=200, lr=2e-3, train=("projector",), caption_rate=1.0, grounding_rate=0.0),
-        Stage(name="instruct", steps=2400, lr=1e-3, train=("projector", "lm")),
+        Stage(name="instruct", steps=1600, lr=1e-3, train=("projector", "lm")),
     )
 
 
-def _end_to_end() -> tuple[Stage, ...]:
-    return (Stage(name="joint", steps=3400, lr=1e-3, train=("tower", "projector", "lm")),)
+def _early() -> tuple[Stage, ...]:
+    return (_lm_text(), Stage(name="joint", steps=1800, lr=1e-3, train=("tower", "projector", "lm")))
+
+
+def _native() -> tuple[Stage, ...]:
+    # Qwen2-VL's stage 1 trains the vision side (tower and merger) with the LM frozen,
+    # then everything learns together.
+    return (
+        _lm_text(),
+        Stage(name="align", steps=200, lr=2e-3, train=("tower", "projector"), caption_rate=1.0, grounding_rate=0.0),
+        Stage(name="joint", steps=1600, lr=1e-3, train=("tower", "projector", "lm")),
+    )
 
 
 FUSION_RECIPES: dict[Family, FusionRecipe] = {
     "llava": FusionRecipe(fusion="late", stages=_late()),
-    "paligemma": FusionRecipe(fusion="early", stages=_end_to_end()),
-    "qwen2_vl": FusionRecipe(fusion="native", stages=_end_to_end()),
+    "paligemma": FusionRecipe(fusion="early", stages=_early()),
+    "qwen2_vl": FusionRecipe(fusion="native", stages=_native()),
 }
 """The zoo v2 recipe of each family's arm."""
 

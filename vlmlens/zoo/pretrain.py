@@ -53,24 +53,37 @@ def tower_of(family: Family, model: nn.Module) -> nn.Module:
     return model.model.visual if family == "qwen2_vl" else model.model.vision_tower
 
 
-def token_cell(family: Family, model: nn.Module) -> int:
-    """Pixels per image token side (patch size, times the merge size for Qwen2-VL)."""
+def token_cell(family: Family, model: nn.Module, *, merged: bool = True) -> int:
+    """Pixels per feature side: the patch size, times the merge size for Qwen2-VL's
+    merged tokens (``merged=False``: its patches, before the merger)."""
     vision = model.config.vision_config
-    if family == "qwen2_vl":
+    if family == "qwen2_vl" and merged:
         return vision.patch_size * vision.spatial_merge_size
     return vision.patch_size
 
 
-def tower_features(family: Family, model: nn.Module, pixels: Sequence[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
+def tower_features(
+    family: Family, model: nn.Module, pixels: Sequence[dict[str, torch.Tensor]], *, merged: bool = True
+) -> list[torch.Tensor]:
     """Per image, the token features the projector (or LM, for Qwen2-VL) receives.
 
+    Args:
+        family: Model family.
+        model: The zoo model.
+        pixels: Preprocessed images (:attr:`TrainSet.pixels` entries).
+        merged: Qwen2-VL only: the merger's output (the LM's image tokens, row-major);
+            ``False``: the tower's patch features before the merger, in the processor's
+            patch order (each 2x2 merge window contiguous).
+
     Returns:
-        One ``(tokens, width)`` tensor per image, tokens in row-major grid order.
+        One ``(tokens, width)`` tensor per image.
     """
     tower = tower_of(family, model)
     if family == "qwen2_vl":
         grid = torch.stack([p["image_grid_thw"] for p in pixels])
         out = tower(torch.cat([p["pixel_values"] for p in pixels]), grid_thw=grid)
+        if not merged:
+            return list(torch.split(out.last_hidden_state, grid.prod(-1).tolist()))
         sizes = (grid.prod(-1) // tower.spatial_merge_size**2).tolist()
         return list(torch.split(out.pooler_output, sizes))
     batch = torch.stack([p["pixel_values"] for p in pixels])
@@ -92,6 +105,7 @@ def pretrain_vision_tower(
     lr: float,
     seed: int,
     freeze: bool,
+    merger: bool = True,
     progress: bool = True,
 ) -> PretrainResult:
     """Train a zoo model's vision tower on object presence and layout.
@@ -105,21 +119,28 @@ def pretrain_vision_tower(
         lr: Peak AdamW learning rate (linear warm-up, cosine decay).
         seed: Seed of the heads' initialisation and of the image order.
         freeze: Freeze the tower afterwards (LLaVA).
+        merger: Qwen2-VL only: pre-train the 2x2 merger with the tower, on its output
+            (zoo v1); ``False`` pre-trains the tower on its patch features and leaves
+            the merger as initialised, like the other families' projectors (zoo v2).
         progress: Show a tqdm progress bar.
 
     Returns:
         A :class:`PretrainResult`.
     """
     tower = tower_of(family, model)
-    cell = token_cell(family, model)
-    side = None if family == "qwen2_vl" else model.config.vision_config.image_size
-    layout = [torch.from_numpy(cell_labels(_resized(seg, side), cell)) for seg in ts.segments]
+    merged = merger or family != "qwen2_vl"
+    cell = token_cell(family, model, merged=merged)
+    layout = [
+        _layout(family, model, seg, px, cell, merged) for seg, px in zip(ts.segments, ts.pixels, strict=True)
+    ]
     torch.manual_seed(seed)
-    width = tower_features(family, model, ts.pixels[:1])[0].shape[-1]
+    width = tower_features(family, model, ts.pixels[:1], merged=merged)[0].shape[-1]
     n_objects = ts.labels.shape[1]
     presence_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, n_objects))
     layout_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, n_objects + 1))
-    params = [*tower.parameters(), *presence_head.parameters(), *layout_head.parameters()]
+    skip = set() if merged else {id(p) for p in tower.merger.parameters()}
+    trained = [p for p in tower.parameters() if id(p) not in skip]
+    params = [*trained, *presence_head.parameters(), *layout_head.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = warmup_cosine(opt, steps)
     rng = np.random.default_rng([seed, 3])
@@ -134,7 +155,7 @@ def pretrain_vision_tower(
             order, pos = rng.permutation(len(ts.pixels)), 0
         idx = order[pos : pos + batch_size].tolist()
         pos += batch_size
-        feats = tower_features(family, model, [ts.pixels[i] for i in idx])
+        feats = tower_features(family, model, [ts.pixels[i] for i in idx], merged=merged)
         presence = presence_head(torch.stack([f.mean(dim=0) for f in feats]))
         target = ts.labels[idx]
         tokens = layout_head(torch.cat(feats))
@@ -159,10 +180,30 @@ def pretrain_vision_tower(
     return result
 
 
-def _resized(segment: np.ndarray, side: int | None) -> np.ndarray:
-    # LLaVA and PaliGemma resize every image to the tower's side (Qwen2-VL keeps it):
-    # the object map follows, nearest-neighbour.
-    if side is None or segment.shape == (side, side):
+def _layout(
+    family: Family, model: nn.Module, segment: np.ndarray, pixels: dict[str, torch.Tensor], cell: int, merged: bool
+) -> torch.Tensor:
+    labels = cell_labels(_resized(segment, _processed_side(family, model, pixels)), cell)
+    if not merged:
+        # Qwen2-VL's processor orders the patches merge window by merge window.
+        _, rows, cols = (int(x) for x in pixels["image_grid_thw"])
+        m = model.config.vision_config.spatial_merge_size
+        labels = labels.reshape(rows // m, m, cols // m, m).transpose(0, 2, 1, 3).reshape(-1)
+    return torch.from_numpy(labels)
+
+
+def _processed_side(family: Family, model: nn.Module, pixels: dict[str, torch.Tensor]) -> int:
+    # LLaVA and PaliGemma resize every image to the tower's side; Qwen2-VL keeps its size
+    # unless the processor's smallest or largest side rescales it (read from its grid).
+    vision = model.config.vision_config
+    if family == "qwen2_vl":
+        return int(pixels["image_grid_thw"][1]) * vision.patch_size
+    return vision.image_size
+
+
+def _resized(segment: np.ndarray, side: int) -> np.ndarray:
+    # The object map follows the processor's resize, nearest-neighbour.
+    if segment.shape == (side, side):
         return segment
     return np.asarray(Image.fromarray(segment).resize((side, side), Image.NEAREST))
 

@@ -62,6 +62,7 @@ class Recipe:
             (LLaVA: the tower is then frozen); 0 for none.
         vision_pretrain_lr: Its learning rate.
         vision_pretrain_batch: Its batch size (images).
+        vision_pretrain_merger: Qwen2-VL only: pre-train the 2x2 merger with the tower.
         freeze_vision: Keep the vision tower frozen in the main stage.
         vision_feature_layer: LLaVA's ``vision_feature_layer``; ``None`` keeps the config's.
         tie_word_embeddings: Tie the LM's input and output embeddings; ``None`` keeps
@@ -86,6 +87,7 @@ class Recipe:
     vision_pretrain_steps: int = 0
     vision_pretrain_lr: float = 2e-3
     vision_pretrain_batch: int = 64
+    vision_pretrain_merger: bool = True
     freeze_vision: bool = False
     vision_feature_layer: int | None = None
     tie_word_embeddings: bool | None = None
@@ -278,6 +280,7 @@ def prepare(family: Family, r: Any, seed: int, *, progress: bool = True) -> tupl
             lr=r.vision_pretrain_lr,
             seed=seed,
             freeze=r.freeze_vision,
+            merger=r.vision_pretrain_merger,
             progress=progress,
         )
     return model, processor, ts, pre

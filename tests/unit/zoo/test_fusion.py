@@ -44,10 +44,17 @@ def test_late_fusion_stages():
         ("instruct", ("projector", "lm"), False),
     ]
     assert late.stages[1].caption_rate == 1.0
-    for family in ("paligemma", "qwen2_vl"):
-        r = FUSION_RECIPES[family]
-        assert not r.freeze_vision
-        assert [s.train for s in r.stages] == [("tower", "projector", "lm")]
+    early, native = FUSION_RECIPES["paligemma"], FUSION_RECIPES["qwen2_vl"]
+    assert not early.freeze_vision and not native.freeze_vision
+    assert [(s.name, s.train) for s in early.stages] == [("lm-text", ("lm",)), ("joint", ("tower", "projector", "lm"))]
+    assert [(s.name, s.train) for s in native.stages] == [
+        ("lm-text", ("lm",)),
+        ("align", ("tower", "projector")),
+        ("joint", ("tower", "projector", "lm")),
+    ]
+    # The same text-only start in every arm.
+    assert len({r.stages[0] for r in (late, early, native)}) == 1
+    assert not any(r.vision_pretrain_merger for r in (late, early, native))
 
 
 def test_scaled_keeps_proportions():
