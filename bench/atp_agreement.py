@@ -4,7 +4,8 @@ For N SynthPOPE pairs per toy (the same question over an image that shows the ob
 clean, and one that does not, corrupt), compares the AtP estimate with exact patching of
 every (layer, position) residual site (``resid_pre``) and of every head (``z``, and ``q``
 and ``k`` with and without AtP*'s QK fix), as effects on the yes-no logit difference
-(value minus the corrupt run's). Prints Pearson r per family over all cells of all pairs.
+(each side the logsumexp over "Yes" and "yes", "No" and "no"; value minus the corrupt
+run's). Prints Pearson r per family over all cells of all pairs.
 
 Pairs are fixed before any attribution is computed: SynthPOPE "random" questions in
 dataset order, kept when the toy answers both images correctly (logit difference > 0 on
@@ -63,7 +64,8 @@ def main() -> None:
     for name in args.models:
         model = HookedVLM.from_pretrained(name)
         tok = model.tokenizer
-        metric = logit_diff(tok.convert_tokens_to_ids("yes"), tok.convert_tokens_to_ids("no"))
+        # The toys answer "Yes"/"No": each side is the logsumexp over both casings.
+        metric = logit_diff(tok.convert_tokens_to_ids(["Yes", "yes"]), tok.convert_tokens_to_ids(["No", "no"]))
         kinds = {
             "resid": (attribute_residual, patch_residual, {}, {}),
             "heads z": (attribute_heads, patch_heads, {"point": "z"}, {"point": "z"}),

@@ -77,18 +77,21 @@ def attention_forward(
     q/k/v hooks see ``batch seq head d_head`` (after rotary embeddings, before key/value
     heads are repeated for GQA); where a KV cache is in use, k and v already passed their
     hooks on the way into the cache (see ``vlmlens.hooks``). The pattern hook sees
-    ``batch head q_seq k_seq`` after softmax (with Gemma-2's soft-capping when ``softcap``).
+    ``batch head q_seq k_seq`` after softmax; the scores hook sees it before the softmax (scaled,
+    soft-capped for Gemma-2, mask added: masked entries hold the dtype's minimum, not -inf).
     """
     if scaling is None:
         scaling = module.head_dim**-0.5
     pattern = getattr(module, "hook_pattern", None)
+    scores = getattr(module, "hook_attn_scores", None)
     if pattern is not None:
         if not kwargs.get(KV_HOOKED):
             key = module.hook_k(key.transpose(1, 2)).transpose(1, 2)
             value = module.hook_v(value.transpose(1, 2)).transpose(1, 2)
         query = module.hook_q(query.transpose(1, 2)).transpose(1, 2)
     kwargs.pop(KV_HOOKED, None)
-    needed = pattern is not None and pattern.requested() or kwargs.get("output_attentions", False)
+    needed = (pattern is not None and (pattern.requested() or scores.requested())
+              or kwargs.get("output_attentions", False))
     if base == "sdpa" and not needed:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -107,6 +110,8 @@ def attention_forward(
         weights = torch.tanh(weights / softcap) * softcap
     if attention_mask is not None:
         weights = weights + attention_mask
+    if scores is not None:
+        weights = scores(weights)
     weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     if pattern is not None:

@@ -95,10 +95,13 @@ def _identities(model: Any, seen: dict[Site, Any], tower: Tower, layer: int, n_l
     kept = isinstance(seen.get(following), torch.Tensor)
     if layer + 1 < n_layers and kept and not torch.equal(at(Point.RESID_POST), seen[following].float()):
         raise SiteCheckError(f"{where}: hook_resid_post differs from block {layer + 1}'s hook_resid_pre")
+    from vlmlens.hooks import projection_bias
+
     o_proj = model.block_module(tower, layer, "o_proj")
     heads = at(Point.RESULT).sum(-2)
-    if o_proj.bias is not None:
-        heads = heads + o_proj.bias.float()
+    bias = projection_bias(o_proj, heads)
+    if bias is not None:
+        heads = heads + bias.float()
     spec = model.adapter.text if tower is Tower.TEXT else model.adapter.vision
     if spec.block.attn_out_norm is not None:
         norm = model.block_module(tower, layer, "attn_out_norm")

@@ -55,10 +55,15 @@ _MODULE_NAME: dict[Point, str] = {
     Point.RESID_POST: "hook_resid_post",
     Point.ATTN_OUT: "hook_attn_out",
     Point.MLP_OUT: "hook_mlp_out",
+    Point.LN1_SCALE: "hook_scale",
+    Point.LN2_SCALE: "hook_scale",
+    Point.Q_PRE_ROPE: "hook_q_pre_rope",
+    Point.K_PRE_ROPE: "hook_k_pre_rope",
     Point.Q: "hook_q",
     Point.K: "hook_k",
     Point.V: "hook_v",
     Point.Z: "hook_z",
+    Point.ATTN_SCORES: "hook_attn_scores",
     Point.PATTERN: "hook_pattern",
     Point.RESULT: "hook_result",
     Point.MLP_PRE: "hook_pre",
@@ -127,7 +132,7 @@ def _get(root: nn.Module, path: str) -> nn.Module:
 
 
 def _attach(parent: nn.Module, name: str, parent_path: str, hooks: InstalledHooks, site: Site) -> HookPoint:
-    point = PatternPoint((site.tower, site.layer), hooks.stack) if site.point is Point.PATTERN else HookPoint()
+    point = PatternPoint((site.tower, site.layer), hooks.stack) if site.point.pattern_shaped else HookPoint()
     parent.add_module(name, point)
     hooks.paths[site] = f"{parent_path}.{name}" if parent_path else name
     return point
@@ -184,7 +189,11 @@ def _install_tower(model: nn.Module, tower: Tower, spec: TowerSpec, cfg: Any, ho
         attn, mlp = _get(block, b.attn), _get(block, b.mlp)
         o_proj, mlp_norm = _get(attn, b.o_proj), _get(block, b.mlp_norm)
         parents = {point: (attn, f"{prefix}.{b.attn}") for point in (
-            Point.Q, Point.K, Point.V, Point.PATTERN, Point.Z, Point.RESULT)}
+            Point.Q, Point.K, Point.V, Point.ATTN_SCORES, Point.PATTERN, Point.Z, Point.RESULT)}
+        if tower is Tower.TEXT:
+            parents |= {point: (attn, f"{prefix}.{b.attn}") for point in (Point.Q_PRE_ROPE, Point.K_PRE_ROPE)}
+            parents |= {Point.LN1_SCALE: (_get(block, b.attn_norm), f"{prefix}.{b.attn_norm}"),
+                        Point.LN2_SCALE: (mlp_norm, f"{prefix}.{b.mlp_norm}")}
         parents |= {point: (block, prefix) for point in (
             Point.RESID_PRE, Point.RESID_MID, Point.RESID_POST, Point.ATTN_OUT, Point.MLP_OUT)}
         parents |= {point: (mlp, f"{prefix}.{b.mlp}") for point in (Point.MLP_PRE, Point.MLP_POST)}
@@ -209,6 +218,10 @@ def _install_tower(model: nn.Module, tower: Tower, spec: TowerSpec, cfg: Any, ho
         add(o_proj.register_forward_hook(result, prepend=True))
         if tower is Tower.TEXT:
             add(attn.register_forward_pre_hook(_cache_hook(attn), with_kwargs=True))
+            for point, proj in ((Point.Q_PRE_ROPE, b.q_proj), (Point.K_PRE_ROPE, b.k_proj)):
+                add(_get(attn, proj).register_forward_hook(_heads_hook(pt[point], attn.head_dim), prepend=True))
+            for point, norm in ((Point.LN1_SCALE, _get(block, b.attn_norm)), (Point.LN2_SCALE, mlp_norm)):
+                _scale_hooks(pt[point], norm, hooks)
         if packed:  # attention runs once per image: count the images (k is the first hook of each)
             add(attn.register_forward_pre_hook(_image_calls_reset(hooks.stack, index)))
             add(pt[Point.K].register_forward_pre_hook(_image_calls_next(hooks.stack, index)))
@@ -222,6 +235,9 @@ def _install_tower(model: nn.Module, tower: Tower, spec: TowerSpec, cfg: Any, ho
         norm = _get(model, spec.final_norm)
         point = _attach(norm, "hook_normalized", spec.final_norm, hooks, Site(tower, Point.LN_FINAL))
         hooks.handles.append(norm.register_forward_hook(_output_hook(point, packed), prepend=True))
+        if tower is Tower.TEXT:  # after hook_normalized's, prepended: the scale's edit comes first
+            scale = _attach(norm, "hook_scale", spec.final_norm, hooks, Site(tower, Point.LN_FINAL_SCALE))
+            _scale_hooks(scale, norm, hooks)
     return len(layers)
 
 
@@ -243,6 +259,43 @@ def _output_hook(point: HookPoint, packed: bool = False):
         return _replace_first(output, fn(_first(output)))
 
     return hook
+
+
+def _heads_hook(point: HookPoint, head_dim: int):
+    """A projection's output ``batch seq (head d_head)`` through ``point`` as ``batch seq head d_head``."""
+
+    def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+        heads = output.view(*output.shape[:-1], -1, head_dim)
+        return point(heads).reshape(output.shape)  # a view when unedited: gradients reach the hook point
+
+    return hook
+
+
+def _scale_hooks(point: HookPoint, norm: nn.Module, hooks: InstalledHooks) -> None:
+    """Route an RMSNorm's scale ``sqrt(mean(x^2) + eps)`` (``batch seq 1``) through ``point``.
+
+    The norm computes its output as it always does; that output is then multiplied by
+    ``old scale / new scale``, exactly 1 when the scale is not edited (so the output is
+    unchanged bit for bit), and through which the scale's gradient flows when one is asked
+    for. An edited scale (e.g. frozen from another run) rescales the output accordingly.
+    """
+    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
+    seen: dict[str, torch.Tensor] = {}  # this forward's scale, from the pre-hook to the hook
+
+    def pre(module: nn.Module, args: tuple) -> None:
+        # From a detached input: the norm's own graph already carries d scale / d x, so the
+        # site's gradient is d metric / d scale with x held fixed (TransformerLens's).
+        scale = (args[0].detach().float().pow(2).mean(-1, keepdim=True) + eps).sqrt()
+        seen["old"], seen["new"] = scale, point(scale)
+
+    def post(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        old, new = seen.pop("old"), seen.pop("new")
+        if new is old and not new.requires_grad:
+            return output
+        return output * (old.detach() / new).to(output.dtype)
+
+    hooks.handles.append(norm.register_forward_pre_hook(pre))
+    hooks.handles.append(norm.register_forward_hook(post, prepend=True))
 
 
 def _cache(kwargs: dict) -> tuple[str | None, Any]:
@@ -368,13 +421,42 @@ def _z_hook(point: HookPoint, n_heads: int, packed: bool):
     return hook
 
 
+def offloaded(module: nn.Module) -> bool:
+    """Whether a module's weights live elsewhere (accelerate's CPU/disk offload) outside its forward."""
+    return any(p.device.type == "meta" for p in module.parameters(recurse=False))
+
+
+def projection_bias(module: nn.Module, like: torch.Tensor) -> torch.Tensor | None:
+    """A linear projection's bias, also when offloaded (then read by running it on zeros)."""
+    if not offloaded(module):
+        return module.bias
+    if getattr(module, "bias", None) is None:
+        return None
+    return module.forward(torch.zeros(1, module.in_features, dtype=like.dtype, device=like.device))[0]
+
+
+def head_results(module: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """Each head's share of the output projection: ``... head d_head`` -> ``... head d_model`` (no bias).
+
+    An offloaded projection's weight exists only inside its own forward, so it is run once on
+    a block-diagonal input (each row one head's z, zeros elsewhere), minus the bias.
+    """
+    n_heads = z.shape[-2]
+    if not offloaded(module):
+        return torch.einsum("...hd,mhd->...hm", z, module.weight.unflatten(1, (n_heads, -1)))
+    eye = torch.eye(n_heads, dtype=z.dtype, device=z.device)
+    blocks = (eye[:, :, None] * z[..., None, :, :]).flatten(-2)  # ... head (head d_head)
+    out = module.forward(blocks)
+    bias = projection_bias(module, z)
+    return out if bias is None else out - bias
+
+
 def _result_hook(point: HookPoint, n_heads: int, packed: bool, stack: CallStack, key: tuple[Tower, int]):
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> Any:
         if not stack.results.get(key):
             return None
         z = args[0].unflatten(-1, (n_heads, -1))
-        weight = module.weight.unflatten(1, (n_heads, -1))  # d_model head d_head
-        result = torch.einsum("...hd,mhd->...hm", z, weight)
+        result = head_results(module, z)
         view = result[None] if packed else result
         version = result._version
         edited = point(view)
@@ -384,11 +466,12 @@ def _result_hook(point: HookPoint, n_heads: int, packed: bool, stack: CallStack,
             # Keep the fused output's exact values but let the gradient run through the heads
             # (output = sum of heads + bias), so d metric / d result is the real one, once.
             straight = (result - result.detach()).sum(-2)
-            if module.bias is not None:
+            if module.bias is not None and not offloaded(module):
                 straight = straight + (module.bias - module.bias.detach())
             return output.detach() + straight
         out = (edited[0] if packed else edited).sum(-2)
-        out = out + module.bias if module.bias is not None else out
+        bias = projection_bias(module, out)
+        out = out + bias if bias is not None else out
         if edited is view or packed:
             return out  # edited in place: every row is rebuilt from its heads
         # Rows no edit touched (e.g. other conditions of a sweep) keep the fused output exactly.

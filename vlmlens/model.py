@@ -203,7 +203,9 @@ class HookedVLM(TLSurface):
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf_model.parameters()).device
+        """Where inputs go: the first parameter not offloaded (accelerate keeps offloaded ones on ``meta``)."""
+        placed = (p.device for p in self.hf_model.parameters() if p.device.type != "meta")
+        return next(placed, torch.device("cpu"))
 
     @property
     def text_config(self) -> Any:
@@ -305,14 +307,14 @@ class HookedVLM(TLSurface):
 
     @no_type_check
     def runs_per_image(self, site: Site | str) -> bool:
-        """Whether a site fires once per image in a forward (Qwen2-VL's vision q/k/v/pattern).
+        """Whether a site fires once per image in a forward (Qwen2-VL's vision q/k/v/scores/pattern).
 
         Qwen2-VL's ViT packs all images into one sequence but attends within each image
         separately, so its attention internals are computed, and hooked, image by image.
         """
         site = self.site(site)
         return site.tower is Tower.VISION and not self.adapter.vision.batched and site.point in (
-            Point.Q, Point.K, Point.V, Point.PATTERN)
+            Point.Q, Point.K, Point.V, Point.ATTN_SCORES, Point.PATTERN)
 
     @no_type_check
     def envoy(self, site: Site | str, *, per_image: bool = False) -> Any:
@@ -334,7 +336,7 @@ class HookedVLM(TLSurface):
                 f"{parsed} is computed only where a call asks for it (it costs head x memory). Wrap the trace in "
                 "`with model.result_hooks():` (or model.result_hooks([(tower, layer)])), or use run_with_cache"
             )
-        if (parsed.point is Point.PATTERN and self.attn_implementation != "eager"
+        if (parsed.point.pattern_shaped and self.attn_implementation != "eager"
                 and not self._hooks.stack.patterns.get((parsed.tower, parsed.layer))):
             raise InputError(
                 f"{parsed} is only computed where a call asks for it: this model attends with "

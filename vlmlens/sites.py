@@ -47,6 +47,9 @@ class Point(str, Enum):
 
     EMBED = "hook_embed"
     LN_FINAL = "ln_final.hook_normalized"
+    LN_FINAL_SCALE = "ln_final.hook_scale"
+    LN1_SCALE = "ln1.hook_scale"
+    LN2_SCALE = "ln2.hook_scale"
     PROJ_IN = "hook_in"
     PROJ_OUT = "hook_out"
     RESID_PRE = "hook_resid_pre"
@@ -54,10 +57,13 @@ class Point(str, Enum):
     RESID_POST = "hook_resid_post"
     ATTN_OUT = "hook_attn_out"
     MLP_OUT = "hook_mlp_out"
+    Q_PRE_ROPE = "attn.hook_q_pre_rope"
+    K_PRE_ROPE = "attn.hook_k_pre_rope"
     Q = "attn.hook_q"
     K = "attn.hook_k"
     V = "attn.hook_v"
     Z = "attn.hook_z"
+    ATTN_SCORES = "attn.hook_attn_scores"
     PATTERN = "attn.hook_pattern"
     RESULT = "attn.hook_result"
     MLP_PRE = "mlp.hook_pre"
@@ -71,10 +77,18 @@ class Point(str, Enum):
         """The TransformerLens-style short name (``resid_post``, ``pattern``, ``mlp_post``)."""
         return _SHORT_OF[self]
 
+    @property
+    def pattern_shaped(self) -> bool:
+        """Whether the activation is ``batch head q_seq k_seq`` (attention scores and pattern)."""
+        return self in (Point.ATTN_SCORES, Point.PATTERN)
+
 
 _SHORT_OF: dict[Point, str] = {
     Point.EMBED: "embed",
     Point.LN_FINAL: "ln_final",
+    Point.LN_FINAL_SCALE: "ln_final_scale",
+    Point.LN1_SCALE: "ln1_scale",
+    Point.LN2_SCALE: "ln2_scale",
     Point.PROJ_IN: "proj_in",
     Point.PROJ_OUT: "proj_out",
     Point.RESID_PRE: "resid_pre",
@@ -83,9 +97,12 @@ _SHORT_OF: dict[Point, str] = {
     Point.ATTN_OUT: "attn_out",
     Point.MLP_OUT: "mlp_out",
     Point.Q: "q",
+    Point.Q_PRE_ROPE: "q_pre_rope",
+    Point.K_PRE_ROPE: "k_pre_rope",
     Point.K: "k",
     Point.V: "v",
     Point.Z: "z",
+    Point.ATTN_SCORES: "attn_scores",
     Point.PATTERN: "pattern",
     Point.RESULT: "result",
     Point.MLP_PRE: "mlp_pre",
@@ -95,14 +112,19 @@ _POINT_OF_SHORT: dict[str, Point] = {short: point for point, short in _SHORT_OF.
 
 BLOCK_POINTS: tuple[Point, ...] = (
     Point.RESID_PRE,
+    Point.LN1_SCALE,
+    Point.Q_PRE_ROPE,
+    Point.K_PRE_ROPE,
     Point.K,
     Point.V,
     Point.Q,
+    Point.ATTN_SCORES,
     Point.PATTERN,
     Point.Z,
     Point.RESULT,
     Point.ATTN_OUT,
     Point.RESID_MID,
+    Point.LN2_SCALE,
     Point.MLP_PRE,
     Point.MLP_POST,
     Point.MLP_OUT,
@@ -110,17 +132,21 @@ BLOCK_POINTS: tuple[Point, ...] = (
 )
 """Per-layer points, in the order they are computed inside a block (k and v enter the KV cache before q is used)."""
 
-HEAD_POINTS: frozenset[Point] = frozenset({Point.Q, Point.K, Point.V, Point.Z, Point.RESULT})
+HEAD_POINTS: frozenset[Point] = frozenset({Point.Q_PRE_ROPE, Point.K_PRE_ROPE, Point.Q, Point.K, Point.V, Point.Z,
+                                           Point.RESULT})
 """Points with a head axis: ``batch seq head d_head`` (``result``: ``batch seq head d_model``)."""
 
+TEXT_ONLY_POINTS: frozenset[Point] = frozenset({Point.Q_PRE_ROPE, Point.K_PRE_ROPE, Point.LN1_SCALE, Point.LN2_SCALE})
+"""Block points of the language model only (rotary embedding; RMSNorm scales)."""
+
 _TOWER_POINTS: dict[Tower, tuple[Point, ...]] = {
-    Tower.TEXT: (Point.EMBED, Point.LN_FINAL),
+    Tower.TEXT: (Point.EMBED, Point.LN_FINAL_SCALE, Point.LN_FINAL),
     Tower.VISION: (Point.EMBED,),
     Tower.PROJECTOR: (Point.PROJ_IN, Point.PROJ_OUT),
 }
 _PROJECTOR_SUFFIX = {Point.PROJ_IN: "hook_in", Point.PROJ_OUT: "hook_out"}
 _BLOCK_RE = re.compile(r"^(text|vision)\.blocks\.(\d+)\.(.+)$")
-_TL_TOWER_NAMES = frozenset({"hook_embed", "ln_final.hook_normalized"})
+_TL_TOWER_NAMES = frozenset({"hook_embed", "ln_final.hook_normalized", "ln_final.hook_scale"})
 
 
 @dataclass(frozen=True, order=True)
@@ -146,6 +172,10 @@ class Site:
         if self.point in BLOCK_POINTS:
             if self.tower is Tower.PROJECTOR:
                 raise SiteNotFoundError(f"the projector has no blocks; got point {self.point.short!r}")
+            if self.point in TEXT_ONLY_POINTS and self.tower is not Tower.TEXT:
+                raise SiteNotFoundError(f"{self.point.short} is a language-model point (q/k before the rotary "
+                                        f"embedding, RMSNorm scales); the {self.tower.value} tower has no rotary "
+                                        "embedding or RMSNorm: use q, k, or the residual sites")
             if not isinstance(self.layer, int) or isinstance(self.layer, bool) or self.layer < 0:
                 raise SiteNotFoundError(
                     f"{self.tower}.blocks.<layer>.{self.point} needs a layer index >= 0, got {self.layer!r}"
@@ -206,8 +236,8 @@ class Site:
 
     @property
     def per_head(self) -> bool:
-        """Whether the activation has a head axis (q, k, v, z, result; pattern has one too)."""
-        return self.point in HEAD_POINTS or self.point is Point.PATTERN
+        """Whether the activation has a head axis (q, k, v, z, result; scores and pattern too)."""
+        return self.point in HEAD_POINTS or self.point.pattern_shaped
 
     def __str__(self) -> str:
         if self.point in BLOCK_POINTS:
@@ -260,11 +290,12 @@ def site_names(n_text_layers: int, n_vision_layers: int) -> list[Site]:
         n_vision_layers: number of vision-tower blocks.
     """
     sites = [Site(Tower.VISION, Point.EMBED)]
-    sites += [Site(Tower.VISION, p, layer) for layer in range(n_vision_layers) for p in BLOCK_POINTS]
+    sites += [Site(Tower.VISION, p, layer) for layer in range(n_vision_layers) for p in BLOCK_POINTS
+              if p not in TEXT_ONLY_POINTS]
     sites += [Site(Tower.PROJECTOR, Point.PROJ_IN), Site(Tower.PROJECTOR, Point.PROJ_OUT)]
     sites.append(Site(Tower.TEXT, Point.EMBED))
     sites += [Site(Tower.TEXT, p, layer) for layer in range(n_text_layers) for p in BLOCK_POINTS]
-    sites.append(Site(Tower.TEXT, Point.LN_FINAL))
+    sites += [Site(Tower.TEXT, Point.LN_FINAL_SCALE), Site(Tower.TEXT, Point.LN_FINAL)]
     return sites
 
 

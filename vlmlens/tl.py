@@ -225,9 +225,9 @@ class TLSurface:
         The unembedding row times the final norm's gain (TL's folded ``W_U``), so TL's own
         ``ActivationCache.logit_attrs`` on an exported cache matches vlmlens's.
         """
-        from vlmlens.ops.logit_attribution import _rms_frozen, token_directions
+        from vlmlens.ops.logit_attribution import _rms_parts, token_directions
 
-        gain = _rms_frozen(self, self.final_norm, torch.ones(1, self.d_model)).gain
+        gain, _ = _rms_parts(self, self.final_norm)
         return token_directions(self, tokens) * gain
 
     # ---------------------------------------------------------------- hooks

@@ -5,6 +5,7 @@ from vlmlens.ops.attribution import (
     attribute_image_patches,
     attribute_neurons,
     attribute_residual,
+    graddrop_heads,
 )
 from vlmlens.ops.cache import ActivationCache, run_with_cache, select_sites
 from vlmlens.ops.heads import HeadScores, attention_sinks, knockout_flow, visual_heads
@@ -91,6 +92,7 @@ __all__ = [
     "attribute_heads",
     "attribute_neurons",
     "attribute_image_patches",
+    "graddrop_heads",
     "FrozenNorm",
     "LogitLens",
     "frozen_norm",

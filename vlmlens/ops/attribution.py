@@ -21,7 +21,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, no_type_check
 
 import torch
 from torch import Tensor
@@ -42,9 +42,9 @@ from vlmlens.ops.patching import (
     _single_grid,
 )
 from vlmlens.ops.positions import Positions, resolve_positions
-from vlmlens.sites import Point, Site, as_point
+from vlmlens.sites import Point, Site, Tower, as_point
 
-__all__ = ["attribute_residual", "attribute_heads", "attribute_neurons", "attribute_image_patches"]
+__all__ = ["attribute_residual", "attribute_heads", "attribute_neurons", "attribute_image_patches", "graddrop_heads"]
 
 
 def _products(model: Any, clean: Batch, corrupt: Batch, metric: Metric,
@@ -123,7 +123,7 @@ def attribute_heads(
     rows = []
     for site in sites:
         x = products[site]
-        if p is Point.PATTERN:  # batch head q k
+        if p.pattern_shaped:  # batch head q k
             x = x.sum(-1)  # batch head q
             if mask is not None:
                 x = x * mask[:, None, :].to(x.device)
@@ -253,3 +253,48 @@ def _qk_fixed(model: Any, clean: Batch, corrupt: Batch, metric: Metric, point: P
     return PatchingResult(values=values, axes=("layer", "head"),
                           labels=(tuple(layers), tuple(range(values.shape[1]))), sites=chosen_sites,
                           clean_metric=_scalar(metric(clean_logits, clean)), corrupt_metric=base)
+
+
+def _detached(act: Tensor, hook: Any) -> Tensor:
+    return act.detach()
+
+
+@no_type_check
+def graddrop_heads(model: Any, clean: Batch, corrupt: Batch, metric: Metric, *, point: str | Point = "z",
+                   layers: Sequence[int] | None = None) -> Any:
+    """AtP*'s GradDrop score per head, against cancellation (Kramar et al. 2024).
+
+    For every text layer ``l``, the AtP estimate of each head is recomputed with the gradient
+    through layer ``l``'s residual writes (``hook_attn_out`` and ``hook_mlp_out``) stopped;
+    a head's score is the mean over the other ``L - 1`` layers of the estimates' absolute
+    values. Paths whose contributions cancel in the plain gradient show up in some of these,
+    so a head with a large score and a small AtP estimate is worth patching exactly. The
+    score is unsigned and on the metric's scale; it ranks, it does not estimate.
+
+    Returns:
+        A :class:`~vlmlens.ops.heads.HeadScores` (``layer head``).
+    """
+    from vlmlens.ops.heads import HeadScores
+    from vlmlens.ops.interventions import Hook
+
+    p = as_point(point)
+    if p not in _HEAD_POINTS or p.pattern_shaped:
+        raise InputError(f"graddrop_heads scores a per-head vector point (q, k, v, z, result), got {p.short!r}")
+    _check_layouts(clean, corrupt)
+    chosen = _layers(model, layers)
+    sites = [getattr(model.text, p.short)[layer] for layer in chosen]
+    _, clean_cache = run_with_cache(model, clean, sites=sites, positions="all", device=None)
+    n = model.n_layers
+    if n < 2:
+        raise InputError("GradDrop needs at least two text layers")
+    total = None
+    for drop in range(n):
+        stop = [Hook(site=Site(Tower.TEXT, q, drop), fn=_detached) for q in (Point.ATTN_OUT, Point.MLP_OUT)]
+        _, cache = run_with_cache(model, corrupt, sites=sites, positions="all", device=None, grad=metric,
+                                  interventions=stop)
+        rows = torch.stack([((clean_cache[s] - cache[s]).float() * cache.grads[s].float()).sum((0, 1, 3)).cpu()
+                            for s in sites])  # layer head
+        own = torch.tensor([s.layer == drop for s in sites])[:, None]
+        rows = rows.abs().masked_fill(own, 0.0)  # a head's own layer is not one of its L - 1
+        total = rows if total is None else total + rows
+    return HeadScores(total / (n - 1), tuple(chosen), f"GradDrop |AtP| score of {p.short}, mean over {n - 1} layers")

@@ -36,7 +36,7 @@ def _select(act: torch.Tensor, site: Site, mask: torch.Tensor | None) -> torch.T
     """Keep chosen text positions: ``batch n ...`` (or ``batch ...`` for one position per sample)."""
     if mask is None or site.tower is not Tower.TEXT:
         return act
-    axis = 2 if site.point is Point.PATTERN else 1
+    axis = 2 if site.point.pattern_shaped else 1
     counts = mask.sum(1)
     if not bool((counts == counts[0]).all()):
         raise InputError(
@@ -267,7 +267,7 @@ def _join(site: Site, parts: list[torch.Tensor]) -> torch.Tensor:
     ``1 head n_i n_i`` become ``image head patch patch`` (entries past an image's own
     patch count are 0; images never attend to each other).
     """
-    axes = (2, 3) if site.point is Point.PATTERN else (1,)
+    axes = (2, 3) if site.point.pattern_shaped else (1,)
     longest = max(p.shape[axes[0]] for p in parts)
     padded = []
     for part in parts:

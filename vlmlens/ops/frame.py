@@ -25,13 +25,13 @@ from vlmlens.sites import Point, Site, Tower
 
 __all__ = ["EditContext", "Frame", "HEAD_AXIS", "seq_axis"]
 
-HEAD_AXIS = {Point.Q: 2, Point.K: 2, Point.V: 2, Point.Z: 2, Point.RESULT: 2, Point.PATTERN: 1}
+HEAD_AXIS = {Point.Q_PRE_ROPE: 2, Point.K_PRE_ROPE: 2, Point.Q: 2, Point.K: 2, Point.V: 2, Point.Z: 2, Point.RESULT: 2, Point.ATTN_SCORES: 1, Point.PATTERN: 1}
 """Axis of heads in each head-resolved site's activation."""
 
 
 def seq_axis(site: Site) -> int:
     """Axis of token positions in a text site's activation (the query axis for patterns)."""
-    return 2 if site.point is Point.PATTERN else 1
+    return 2 if site.point.pattern_shaped else 1
 
 
 @dataclass(frozen=True)

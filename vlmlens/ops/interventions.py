@@ -229,7 +229,7 @@ class Patch(_SiteEdit):
         if frame.model.runs_per_image(site):  # source cached ``image ...``, zero-padded: crop this image's part
             index = frame.image_index()
             crop = src[index : index + 1]
-            for axis in ((2, 3) if site.point is Point.PATTERN else (1,)):
+            for axis in ((2, 3) if site.point.pattern_shaped else (1,)):
                 crop = crop.narrow(axis, 0, act.shape[axis])
             if index >= src.shape[0] or crop.shape != act.shape:
                 raise InterventionError(f"patch source for {site} has shape {tuple(src.shape)}; image {index} of this "
@@ -246,13 +246,13 @@ class Patch(_SiteEdit):
         seq = frame.ctx.layout.seq_len if frame.ctx.layout is not None else frame.step.past + frame.step.length
         expected = list(act.shape)
         expected[0], expected[axis] = frame.samples, seq
-        if site.point is Point.PATTERN:
+        if site.point.pattern_shaped:
             expected[3] = seq
         if list(src.shape) != expected:
             raise InterventionError(f"patch source for {site} has shape {tuple(src.shape)}, expected "
                                     f"{tuple(expected)} (one row per sample, every prompt position); {hint}")
         new = frame.window(src, axis)
-        if site.point is Point.PATTERN:
+        if site.point.pattern_shaped:
             new = frame.keys_window(new, 3)
         return frame.per_row(new, "the patch source"), frame.along_seq(frame.in_prompt().to(act.device), act.dim())
 

@@ -88,14 +88,19 @@ def _cached(cache: Any, site: Site, why: str) -> Tensor:
     return cache.activations[site]
 
 
-def _rms_frozen(model: Any, norm: torch.nn.Module, x: Tensor) -> FrozenNorm:
-    """Freeze ``norm`` (an RMSNorm of the text tower) at its real input ``x``."""
+def _rms_parts(model: Any, norm: torch.nn.Module) -> tuple[Tensor, float]:
+    """The gain (``w``, or ``1 + w``) and epsilon of an RMSNorm of the text tower."""
     weight = getattr(norm, "weight", None)
     eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
     if weight is None or eps is None or getattr(norm, "bias", None) is not None:
         raise InputError(f"{type(norm).__name__} is not an RMSNorm; DLA freezes RMSNorms only")
+    return weight.detach().float() + model.adapter.text.rms_offset, float(eps)
+
+
+def _rms_frozen(model: Any, norm: torch.nn.Module, x: Tensor) -> FrozenNorm:
+    """Freeze ``norm`` (an RMSNorm of the text tower) at its real input ``x``."""
+    gain, eps = _rms_parts(model, norm)
     scale = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
-    gain = weight.detach().float() + model.adapter.text.rms_offset
     return FrozenNorm(scale, gain.to(x.device))
 
 

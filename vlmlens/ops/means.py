@@ -106,7 +106,7 @@ def mean_activation(model: Any, batches: Batch | Iterable[Batch], site: Site | s
     site = model.site(site)
     if isinstance(batches, Batch):
         batches = [batches]
-    by_role = site.tower is Tower.TEXT and site.point is not Point.PATTERN
+    by_role = site.tower is Tower.TEXT and not site.point.pattern_shaped
     sums: dict[Any, torch.Tensor] = {}
     counts: dict[Any, int] = {}
 

@@ -55,7 +55,7 @@ __all__ = [
 Metric = Callable[[Float[Tensor, "batch seq vocab"], Batch], Tensor]
 """``metric(logits, batch) -> scalar tensor``: what patching measures (see :func:`logit_diff`)."""
 
-_HEAD_POINTS = (Point.Q, Point.K, Point.V, Point.Z, Point.PATTERN, Point.RESULT)
+_HEAD_POINTS = (Point.Q_PRE_ROPE, Point.K_PRE_ROPE, Point.Q, Point.K, Point.V, Point.Z, Point.ATTN_SCORES, Point.PATTERN, Point.RESULT)
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -233,7 +233,7 @@ def patch_heads(
         raise InputError(f"patch_heads patches a per-head point (q, k, v, z, pattern, result), got {p.short!r}")
     sites = [getattr(model.text, p.short)[layer] for layer in _layers(model, layers)]
     clean_logits, cache = run_with_cache(model, clean, sites=sites, positions="all", device=None)
-    n_heads = cache[sites[0]].shape[1 if p is Point.PATTERN else 2]
+    n_heads = cache[sites[0]].shape[1 if p.pattern_shaped else 2]
     conditions = [[Patch(site=site, source=cache[site], heads=(h,), positions=positions)]
                   for site in sites for h in range(n_heads)]
     values = _measure(model, corrupt, conditions, metric, chunk_size).view(len(sites), n_heads)

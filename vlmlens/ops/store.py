@@ -431,7 +431,7 @@ def _per_sample(model: Any, site: Site, act: Tensor, batch: Batch) -> Tensor:
             raise InputError(f"{site}: a store of vision or projector sites needs exactly one image per sample; "
                              f"got {sum(counts)} images for {n} samples")
         return act
-    if site.point in (Point.Q, Point.K, Point.V, Point.PATTERN):  # cached per image: ``image ...``
+    if site.point in (Point.Q, Point.K, Point.V, Point.ATTN_SCORES, Point.PATTERN):  # cached per image: ``image ...``
         if act.shape[0] != n or any(c != 1 for c in counts):
             raise InputError(f"{site}: a store of per-image vision attention sites needs exactly one image per "
                              f"sample; got {sum(counts)} images for {n} samples")

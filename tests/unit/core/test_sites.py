@@ -2,7 +2,7 @@ import pytest
 
 from vlmlens import Site
 from vlmlens.errors import SiteNotFoundError
-from vlmlens.sites import BLOCK_POINTS, Point, Tower, site_names
+from vlmlens.sites import BLOCK_POINTS, TEXT_ONLY_POINTS, Point, Tower, site_names
 
 
 @pytest.mark.parametrize(
@@ -52,6 +52,8 @@ def test_unknown_tower_point():
 
 def test_site_names_count_and_order():
     sites = site_names(3, 2)
-    assert len(sites) == len(set(sites)) == 1 + 2 * len(BLOCK_POINTS) + 2 + 1 + 3 * len(BLOCK_POINTS) + 1
+    vision_block = len(BLOCK_POINTS) - len(TEXT_ONLY_POINTS)  # no rotary q/k or RMSNorm scales there
+    assert len(sites) == len(set(sites)) == 1 + 2 * vision_block + 2 + 1 + 3 * len(BLOCK_POINTS) + 2
+    assert sites[-2] == Site.parse("ln_final.hook_scale")
     assert sites[0] == Site.parse("vision.hook_embed")
     assert sites[-1] == Site.parse("text.ln_final.hook_normalized")

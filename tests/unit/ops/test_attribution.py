@@ -141,3 +141,39 @@ def test_qk_fix_pattern_with_gemma2_softcap():
     _, true = run_with_cache(model, batch, sites=[sites[2]], interventions=[Patch(site=sites[1], source=src[sites[1]])])
     got = patched_pattern(model, 0, base[sites[2]], (base[sites[0]], base[sites[1]]), (base[sites[0]], src[sites[1]]))
     torch.testing.assert_close(got, true[sites[2]], atol=2e-5, rtol=1e-4)
+
+
+def test_graddrop_matches_hand_autograd_with_a_layer_detached(model, reference, batch):
+    """Two layers: layer 0's heads are scored with layer 1's writes detached; layer 1's heads with
+    layer 0's (which changes nothing downstream of them), i.e. |AtP|."""
+    from vlmlens.ops import graddrop_heads, run_with_cache
+
+    clean, corrupt = batch, model.prepare(tiny_images(2, seed=21), ["Is there a cat in the image?", "Is there a dog?"])
+    metric = logit_diff(5, 7)
+    scores = graddrop_heads(model, clean, corrupt, metric)
+    plain = attribute_heads(model, clean, corrupt, metric, point="z")
+    torch.testing.assert_close(scores.values[1], (plain.values[1] - plain.corrupt_metric).abs(), atol=1e-5, rtol=1e-4)
+    # Layer 0 by hand: detach layer 1's attention and MLP outputs, differentiate z of layer 0.
+    layers = reference.get_submodule("model.language_model.layers")
+    kept = {}
+
+    def keep(module, args):
+        z = args[0]
+        z.retain_grad()
+        kept["z"] = z
+
+    def detach_first(module, args, out):
+        return (out[0].detach(), *out[1:]) if isinstance(out, tuple) else out.detach()
+
+    hooks = [layers[0].self_attn.o_proj.register_forward_pre_hook(keep),
+             layers[1].self_attn.register_forward_hook(detach_first), layers[1].mlp.register_forward_hook(detach_first)]
+    try:
+        metric(reference(**corrupt.inputs).logits, corrupt).backward()
+    finally:
+        for h in hooks:
+            h.remove()
+        reference.zero_grad(set_to_none=True)
+    _, cache = run_with_cache(model, clean, sites=["text.blocks.0.attn.hook_z"])
+    diff = cache["z", 0] - kept["z"].detach().view_as(cache["z", 0])
+    want = (diff * kept["z"].grad.view_as(diff)).sum((0, 1, 3)).abs()
+    torch.testing.assert_close(scores.values[0], want, atol=1e-5, rtol=1e-4)

@@ -1,0 +1,44 @@
+"""A model with layers offloaded by accelerate (weights on disk, ``meta`` outside each forward)
+computes exactly what the same model in memory does: forward, per-head results, edits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlmlens import HookedVLM
+from vlmlens.ops import Ablate, run_with_cache
+from vlmlens.ops import run_with_interventions as run
+from vlmlens.testing import tiny_hf, tiny_images
+from vlmlens.zoo.io import save_processor
+
+
+def _device_map(hf: torch.nn.Module) -> dict[str, str]:
+    """Text layers 0, 2, ... on disk; everything else on the CPU."""
+    text = "model.language_model"
+    out = {f"model.{name}": "cpu" for name, _ in hf.model.named_children() if name != "language_model"}
+    for name, child in hf.get_submodule(text).named_children():
+        if name == "layers":
+            out |= {f"{text}.layers.{i}": "disk" if i % 2 == 0 else "cpu" for i in range(len(child))}
+        else:
+            out[f"{text}.{name}"] = "cpu"
+    return out | {"lm_head": "cpu"}
+
+
+@pytest.mark.parametrize("family", ["llava", "paligemma", "qwen2_vl"])
+def test_offloaded_layers_give_the_same_results(family, tmp_path):
+    hf, processor = tiny_hf(family)
+    hf.save_pretrained(tmp_path / "model")
+    save_processor(processor, tmp_path / "model")
+    plain = HookedVLM.from_pretrained(tmp_path / "model")
+    off = HookedVLM.from_pretrained(tmp_path / "model", device_map=_device_map(hf), offload_folder=tmp_path / "off")
+    assert any(p.device.type == "meta" for p in off.hf_model.parameters())
+    batch = plain.prepare(tiny_images(2, seed=8), ["Is there a cat in the image?", "Is there a dog?"])
+    assert torch.equal(off.forward(batch), plain.forward(batch))
+    sites = [f"text.blocks.{layer}.attn.hook_result" for layer in range(plain.n_layers)]
+    _, a = run_with_cache(plain, batch, sites=sites)
+    _, b = run_with_cache(off, batch, sites=sites)
+    for site in sites:
+        torch.testing.assert_close(b[site], a[site], atol=1e-6, rtol=1e-5)
+    edit = [Ablate(site="text.blocks.0.attn.hook_result", heads=(1,)), Ablate(site="text.blocks.1.hook_mlp_out")]
+    torch.testing.assert_close(run(off, batch, edit), run(plain, batch, edit), atol=1e-6, rtol=1e-5)
