@@ -3,7 +3,7 @@
 For N SynthPOPE pairs per toy (the same question over an image that shows the object,
 clean, and one that does not, corrupt), compares the AtP estimate with exact patching of
 every (layer, position) residual site (``resid_pre``) and of every head (``z``, and ``q``
-and ``k`` with and without AtP*'s QK fix), as effects on the yes-no logit difference
+and ``k`` with and without AtP*'s QK fix), and the top EAP edges with exact edge patching, as effects on the yes-no logit difference
 (each side the logsumexp over "Yes" and "yes", "No" and "no"; value minus the corrupt
 run's). Prints Pearson r per family over all cells of all pairs.
 
@@ -27,9 +27,11 @@ import transformers
 from vlmlens import HookedVLM
 from vlmlens.data import synth_pope
 from vlmlens.ops import (
+    attribute_edges,
     attribute_heads,
     attribute_residual,
     logit_diff,
+    patch_edge,
     patch_heads,
     patch_residual,
 )
@@ -57,6 +59,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["toy-llava", "toy-paligemma", "toy-qwen2vl"])
     parser.add_argument("--all-pairs", action="store_true", help="keep pairs the toy gets wrong too")
     parser.add_argument("--pool", type=int, default=200, help="candidate pairs to draw the N pairs from")
+    parser.add_argument("--edges", type=int, default=10, help="top EAP edges per pair checked by exact edge patching")
+    parser.add_argument("--edge-pairs", type=int, default=5, help="pairs for the edge check")
+    parser.add_argument("--skip-nodes", action="store_true", help="only the edge check")
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
     torch.set_grad_enabled(True)
@@ -74,7 +79,10 @@ def main() -> None:
             "heads k": (attribute_heads, patch_heads, {"point": "k", "qk_fix": False}, {"point": "k"}),
             "heads k AtP*": (attribute_heads, patch_heads, {"point": "k"}, {"point": "k"}),
         }
+        if args.skip_nodes:
+            kinds = {}
         cells = {key: ([], []) for key in kinds}
+        edge_cells: tuple[list[float], list[float]] = ([], [])
         used = 0
         for question, yes_image, no_image in chosen:
             clean, corrupt = model.prepare([yes_image], [question]), model.prepare([no_image], [question])
@@ -90,6 +98,11 @@ def main() -> None:
                 if tag not in exact_cache:
                     exact_cache[tag] = effects(exact_fn(model, clean, corrupt, metric, chunk_size=16, **exact_kw))
                 cells[key][1].append(exact_cache[tag])
+            if used < args.edge_pairs:
+                edges = attribute_edges(model, clean, corrupt, metric)
+                for edge, score in edges.top(args.edges):
+                    edge_cells[0].append(score)
+                    edge_cells[1].append(patch_edge(model, clean, corrupt, metric, edge) - edges.corrupt_metric)
             used += 1
             if used == args.pairs:
                 break
@@ -97,6 +110,11 @@ def main() -> None:
             a, e = np.concatenate(atp), np.concatenate(exact)
             r = float(np.corrcoef(a, e)[0, 1])
             print(f"{name:14s} {key:8s} pairs={len(atp):3d} cells={a.size:6d} Pearson r={r:.3f}")
+        if edge_cells[0]:
+            r = float(np.corrcoef(edge_cells[0], edge_cells[1])[0, 1])
+            same = float(np.mean(np.sign(edge_cells[0]) == np.sign(edge_cells[1])))
+            print(f"{name:14s} EAP top-{args.edges} edges x {min(used, args.edge_pairs)} pairs vs exact edge patching: "
+                  f"Pearson r={r:.3f}, same sign {same:.2f}")
 
 
 if __name__ == "__main__":

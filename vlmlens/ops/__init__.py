@@ -8,6 +8,7 @@ from vlmlens.ops.attribution import (
     graddrop_heads,
 )
 from vlmlens.ops.cache import ActivationCache, run_with_cache, select_sites
+from vlmlens.ops.edges import EdgeScores, attribute_edges, patch_edge
 from vlmlens.ops.heads import HeadScores, attention_sinks, knockout_flow, visual_heads
 from vlmlens.ops.interventions import (
     Ablate,
@@ -93,6 +94,9 @@ __all__ = [
     "attribute_neurons",
     "attribute_image_patches",
     "graddrop_heads",
+    "EdgeScores",
+    "attribute_edges",
+    "patch_edge",
     "FrozenNorm",
     "LogitLens",
     "frozen_norm",

@@ -1,0 +1,57 @@
+"""Edge attribution patching: each score is the directional derivative of the exact edge patch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from vlmlens.errors import InputError
+from vlmlens.ops import attribute_edges, logit_diff, patch_edge
+from vlmlens.testing import tiny_images
+
+EPS = 1e-2
+QS = ["Is there a cat in the image?", "Is there a dog?"]
+
+
+@pytest.fixture(scope="module")
+def setup(model):
+    clean, corrupt = model.prepare(tiny_images(2, seed=1), QS), model.prepare(tiny_images(2, seed=2), QS)
+    metric = logit_diff(5, 7)
+    return clean, corrupt, metric, attribute_edges(model, clean, corrupt, metric)
+
+
+def test_scores_are_directional_derivatives_of_exact_edge_patches(model, setup):
+    clean, corrupt, metric, edges = setup
+    assert edges.corrupt_metric == pytest.approx(float(metric(model.forward(corrupt), corrupt)), abs=1e-5)
+    n = model.n_layers
+    for edge in [("embed", "L1ATTN"), ("L0H1", "L0MLP"), ("L0H2", "L1ATTN"), (f"L{n - 1}MLP", "LOGITS"),
+                 ("L0MLP", "LOGITS")]:
+        up = patch_edge(model, clean, corrupt, metric, edge, scale=EPS)
+        down = patch_edge(model, clean, corrupt, metric, edge, scale=-EPS)
+        score = edges.scores[edges.senders.index(edge[0]), edges.receivers.index(edge[1])]
+        assert float(score) == pytest.approx((up - down) / (2 * EPS), rel=2e-2, abs=2e-4), edge
+    assert patch_edge(model, clean, corrupt, metric, ("L0H0", "LOGITS"), scale=0.0) == pytest.approx(
+        edges.corrupt_metric, abs=1e-6)
+
+
+def test_edge_structure_and_top(model, setup):
+    *_, edges = setup
+    n, h = model.n_layers, model.n_heads
+    assert edges.scores.shape == (1 + n * (h + 1), 2 * n + 1)
+    attn1 = edges.receivers.index("L1ATTN")
+    assert math.isnan(float(edges.scores[edges.senders.index("L1H0"), attn1]))  # same layer: not an edge
+    assert not math.isnan(float(edges.scores[edges.senders.index("L1H0"), edges.receivers.index("L1MLP")]))
+    top = edges.top(3)
+    assert len(top) == 3 and abs(top[0][1]) >= abs(top[-1][1])
+    assert not any(math.isnan(score) for _, score in top)
+
+
+def test_edge_errors(model, setup):
+    clean, corrupt, metric, _ = setup
+    with pytest.raises(InputError, match="no such edge"):
+        patch_edge(model, clean, corrupt, metric, ("L1H0", "L0ATTN"))
+    with pytest.raises(InputError, match="unknown receiver"):
+        patch_edge(model, clean, corrupt, metric, ("L0H0", "L9Q"))
+    with pytest.raises(InputError, match="unknown sender"):
+        patch_edge(model, clean, corrupt, metric, ("L0H99", "LOGITS"))
