@@ -292,7 +292,7 @@ def _scale_hooks(point: HookPoint, norm: nn.Module, hooks: InstalledHooks) -> No
         old, new = seen.pop("old"), seen.pop("new")
         if new is old and not new.requires_grad:
             return output
-        return output * (old.detach() / new).to(output.dtype)
+        return (output.float() * (old.detach() / new)).to(output.dtype)  # one rounding, in the output's dtype
 
     hooks.handles.append(norm.register_forward_pre_hook(pre))
     hooks.handles.append(norm.register_forward_hook(post, prepend=True))

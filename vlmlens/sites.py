@@ -147,6 +147,11 @@ _TOWER_POINTS: dict[Tower, tuple[Point, ...]] = {
 _PROJECTOR_SUFFIX = {Point.PROJ_IN: "hook_in", Point.PROJ_OUT: "hook_out"}
 _BLOCK_RE = re.compile(r"^(text|vision)\.blocks\.(\d+)\.(.+)$")
 _TL_TOWER_NAMES = frozenset({"hook_embed", "ln_final.hook_normalized", "ln_final.hook_scale"})
+_TL_RENAMED = {"attn.hook_q": "attn.hook_q_pre_rope", "attn.hook_k": "attn.hook_k_pre_rope",
+               "attn.hook_rot_q": "attn.hook_q", "attn.hook_rot_k": "attn.hook_k"}
+"""TransformerLens's q/k names, which differ from vlmlens's: TL's ``hook_q`` is before the rotary
+embedding (vlmlens's ``hook_q_pre_rope``), TL's ``hook_rot_q`` after it (vlmlens's ``hook_q``)."""
+_TL_NAME_OF = {vlmlens: tl for tl, vlmlens in _TL_RENAMED.items()}
 
 
 @dataclass(frozen=True, order=True)
@@ -203,7 +208,9 @@ class Site:
         Args:
             name: e.g. ``"text.blocks.3.attn.hook_pattern"`` (a ``Site`` is returned as is).
                 TransformerLens names (``"blocks.3.attn.hook_pattern"``, ``"hook_embed"``,
-                ``"ln_final.hook_normalized"``) name the text tower.
+                ``"ln_final.hook_normalized"``) name the text tower, with TL's meaning:
+                ``blocks.3.attn.hook_q`` is q before the rotary embedding (vlmlens's
+                ``text.blocks.3.attn.hook_q_pre_rope``), ``hook_rot_q`` after it.
 
         Raises:
             SiteNotFoundError: the name is not a site name; the message lists the closest names.
@@ -213,6 +220,9 @@ class Site:
         if not isinstance(name, str):
             raise SiteNotFoundError(f"a site name must be a str or Site, got {type(name).__name__}")
         if name.startswith("blocks.") or name in _TL_TOWER_NAMES:  # TransformerLens's names: the text tower
+            layer, _, suffix = name.removeprefix("blocks.").partition(".")
+            if name.startswith("blocks.") and suffix in _TL_RENAMED:
+                name = f"blocks.{layer}.{_TL_RENAMED[suffix]}"
             name = f"{Tower.TEXT.value}.{name}"
         match = _BLOCK_RE.match(name)
         if match:
@@ -251,9 +261,14 @@ class Site:
 
     @property
     def tl_name(self) -> str:
-        """The TransformerLens name: the text tower without its ``text.`` prefix, others in full."""
+        """The TransformerLens name: the text tower without its ``text.`` prefix (and with TL's q/k
+        names: ``hook_q`` before the rotary embedding, ``hook_rot_q`` after), others in full."""
         name = str(self)
-        return name.removeprefix(f"{Tower.TEXT.value}.") if self.tower is Tower.TEXT else name
+        if self.tower is not Tower.TEXT:
+            return name
+        if self.point.value in _TL_NAME_OF:
+            return f"blocks.{self.layer}.{_TL_NAME_OF[self.point.value]}"
+        return name.removeprefix(f"{Tower.TEXT.value}.")
 
 
 _POINT_BY_VALUE = {p.value: p for p in Point}

@@ -49,26 +49,53 @@ from vlmlens.sites import Site, Tower, as_point
 
 __all__ = ["TLConfig", "TLSurface", "get_act_name", "to_transformer_lens"]
 
-# TransformerLens's abbreviations in get_act_name, where they differ from vlmlens's short names.
-_TL_SHORT = {
-    "pre": "mlp_pre", "post": "mlp_post", "attn": "pattern", "normalized": "ln_final",
-    "resid_pre": "resid_pre", "resid_mid": "resid_mid", "resid_post": "resid_post",
+# TransformerLens's short names in get_act_name (text tower), as suffixes of its hook names.
+_TL_BLOCK_SUFFIX = {
+    "q": "attn.hook_q", "k": "attn.hook_k", "v": "attn.hook_v", "z": "attn.hook_z", "rot_q": "attn.hook_rot_q",
+    "rot_k": "attn.hook_rot_k", "pattern": "attn.hook_pattern", "attn": "attn.hook_pattern",
+    "attn_scores": "attn.hook_attn_scores", "result": "attn.hook_result", "pre": "mlp.hook_pre",
+    "post": "mlp.hook_post", "resid_pre": "hook_resid_pre", "resid_mid": "hook_resid_mid",
+    "resid_post": "hook_resid_post", "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out",
 }
 
 
 @no_type_check
-def get_act_name(name: str, layer: int | None = None, tower: Tower | str = Tower.TEXT) -> str:
-    """A hook name from a short name and layer, as ``transformer_lens.utils.get_act_name``.
+def get_act_name(name: str, layer: int | None = None, layer_type: str | None = None, *,
+                 tower: Tower | str = Tower.TEXT) -> str:
+    """A hook name from a short name, as ``transformer_lens.utils.get_act_name``.
 
-    Text-tower names come back in TL's form (no ``text.`` prefix); other towers keep theirs.
+    Text-tower names are TL's (so ``"q"`` is q before the rotary embedding, ``"rot_q"`` after
+    it; ``"scale"`` with ``layer_type="ln1"``/``"ln2"``, or no layer for the final norm); other
+    towers keep their prefix and vlmlens's short names. The name is checked to be a site.
 
     Example:
         >>> get_act_name("resid_pre", 3), get_act_name("pattern", 1), get_act_name("post", 0)
         ('blocks.3.hook_resid_pre', 'blocks.1.attn.hook_pattern', 'blocks.0.mlp.hook_post')
+        >>> get_act_name("q", 0), get_act_name("scale", 2, "ln1"), get_act_name("scale")
+        ('blocks.0.attn.hook_q', 'blocks.2.ln1.hook_scale', 'ln_final.hook_scale')
         >>> get_act_name("z", 2, tower="vision")
         'vision.blocks.2.attn.hook_z'
     """
-    return Site(tower, as_point(_TL_SHORT.get(name, name)), layer).tl_name
+    if Tower(tower) is not Tower.TEXT:
+        return str(Site(tower, as_point(name), layer))
+    if name in ("embed", "hook_embed"):
+        full = "hook_embed"
+    elif name in ("scale", "normalized"):
+        if layer is None:
+            full = f"ln_final.hook_{name}"
+        elif layer_type in ("ln1", "ln2") and name == "scale":
+            full = f"blocks.{layer}.{layer_type}.hook_scale"
+        else:
+            raise InputError(f"get_act_name({name!r}, {layer!r}, {layer_type!r}): vlmlens has ln1/ln2 hook_scale "
+                             "and the final norm's hook_scale / hook_normalized")
+    elif name in _TL_BLOCK_SUFFIX:
+        if layer is None:
+            raise InputError(f"get_act_name({name!r}) needs a layer, e.g. get_act_name({name!r}, 0)")
+        full = f"blocks.{layer}.{_TL_BLOCK_SUFFIX[name]}"
+    else:
+        full = name
+    Site.parse(full)  # a clear error for a name that is no site
+    return full
 
 
 @dataclass(frozen=True)
@@ -103,7 +130,9 @@ class TLConfig:
 
 
 def _weight(module: torch.nn.Module) -> Tensor:
-    return module.weight.detach()
+    from vlmlens.ops.logit_attribution import _in_memory
+
+    return _in_memory(module.weight, f"the weight of {type(module).__name__}")
 
 
 class TLSurface:
@@ -273,9 +302,11 @@ def to_transformer_lens(cache: Any) -> Any:
 
     Keys are TL names; ``hook_embed`` holds what enters layer 0 (after any embedding
     scaling, as TL's ``embed`` does); the norms' ``hook_scale`` entries (the RMS TL divides
-    by) are computed from the cached residuals, so TL's ``apply_ln_to_stack``,
-    ``decompose_resid``, ``accumulated_resid`` and ``logit_attrs`` run on it and agree with
-    vlmlens's. Needs the residual sites (``resid_pre``/``resid_mid``/``resid_post``) cached.
+    by) are computed from the cached residuals. TL's ``decompose_resid``,
+    ``accumulated_resid`` and ``logit_attrs`` run on it and agree with vlmlens's; TL's
+    ``apply_ln_to_stack`` divides by the scale only (TL folds the norm's gain into ``W_U``),
+    so it is vlmlens's divided by the gain, and ``logit_attrs`` agree because
+    ``tokens_to_residual_directions`` folds the gain in. Needs the residual sites cached.
     """
     from transformer_lens import ActivationCache as TLCache
 

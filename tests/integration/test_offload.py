@@ -42,3 +42,23 @@ def test_offloaded_layers_give_the_same_results(family, tmp_path):
         torch.testing.assert_close(b[site], a[site], atol=1e-6, rtol=1e-5)
     edit = [Ablate(site="text.blocks.0.attn.hook_result", heads=(1,)), Ablate(site="text.blocks.1.hook_mlp_out")]
     torch.testing.assert_close(run(off, batch, edit), run(plain, batch, edit), atol=1e-6, rtol=1e-5)
+
+
+def test_weight_reading_analyses_say_so_on_offloaded_weights(tmp_path):
+    from vlmlens.errors import InputError
+    from vlmlens.ops import logit_lens
+
+    hf, processor = tiny_hf("llava")
+    hf.save_pretrained(tmp_path / "model")
+    save_processor(processor, tmp_path / "model")
+    device_map = _device_map(hf) | {"lm_head": "disk", "model.language_model.norm": "disk"}
+    off = HookedVLM.from_pretrained(tmp_path / "model", device_map=device_map, offload_folder=tmp_path / "off")
+    plain = HookedVLM.from_pretrained(tmp_path / "model")
+    batch = off.prepare(tiny_images(1, seed=8), ["Is there a cat in the image?"])
+    _, cache = off.run_with_cache(batch, positions="last")
+    with pytest.raises(InputError, match="offloaded"):
+        cache.logit_attrs(cache.decompose_resid(), 5, 7)
+    with pytest.raises(InputError, match="offloaded"):
+        _ = off.W_out
+    lens, want = logit_lens(off, batch, tokens=[5, 7]), logit_lens(plain, batch, tokens=[5, 7])
+    torch.testing.assert_close(lens.logits, want.logits, atol=1e-6, rtol=1e-6)

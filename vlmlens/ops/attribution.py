@@ -113,7 +113,8 @@ def attribute_heads(
     layout = _check_layouts(clean, corrupt)
     p = as_point(point)
     if p not in _HEAD_POINTS:
-        raise InputError(f"attribute_heads attributes a per-head point (q, k, v, z, pattern, result), got {p.short!r}")
+        raise InputError(f"attribute_heads attributes a per-head point ({', '.join(q.short for q in _HEAD_POINTS)}), "
+                         f"got {p.short!r}")
     if qk_fix and p in (Point.Q, Point.K):
         return _qk_fixed(model, clean, corrupt, metric, p, _layers(model, layers),
                          resolve_positions(positions, layout, layout.seq_len))
@@ -243,7 +244,8 @@ def _qk_fixed(model: Any, clean: Batch, corrupt: Batch, metric: Metric, point: P
         patched_q, patched_k = (new, k) if point is Point.Q else (q, new)
         pattern = cache[sites["pattern", layer]].float()
         after = patched_pattern(model, layer, pattern, (q, k), (patched_q, patched_k))
-        effect = ((after - pattern) * cache.grads[sites["pattern", layer]].float()).sum((0, 2, 3))  # query heads
+        before = patched_pattern(model, layer, pattern, (q, k), (q, k))  # the same softmax, no shift: a no-op is 0
+        effect = ((after - before) * cache.grads[sites["pattern", layer]].float()).sum((0, 2, 3))  # query heads
         if point is Point.K:
             effect = effect.view(k.shape[2], -1).sum(-1)  # per key-value head: its query heads together
         rows.append(effect.cpu())

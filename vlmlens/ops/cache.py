@@ -104,13 +104,15 @@ class ActivationCache(Mapping):
 
     def accumulated_resid(self, layer: int | None = None, *, incl_mid: bool = False, apply_ln: bool = False,
                           mlp_input: bool = False, return_labels: bool = False) -> Any:
-        """The residual stream before each text layer up to ``layer`` (and the final one), stacked.
+        """The residual stream accumulated up to the input of ``layer``, stacked (TransformerLens's).
 
-        As TransformerLens: ``resid_pre`` of layers ``0..layer-1`` (``incl_mid``: with each
-        ``resid_mid``), then ``final_post`` when ``layer`` is ``None``; ``apply_ln`` freezes the
-        norm met at ``layer`` at this run's scale (see
-        :func:`~vlmlens.ops.logit_attribution.apply_ln_to_stack`). For a logit lens that
-        re-normalises each layer's residual, use :func:`~vlmlens.ops.logit_lens`.
+        ``resid_pre`` of layers ``0..layer`` (``incl_mid``: with ``resid_mid`` of each earlier
+        layer; ``mlp_input``: and of ``layer``), or for ``layer`` ``None``/``-1``/``n_layers``
+        every ``resid_pre`` and ``final_post``. ``apply_ln`` at the final residual applies the
+        real final norm to each entry (a logit lens, as TransformerLens 4 recomputes it);
+        before a layer it freezes that layer's norm at this run's scale (see
+        :func:`~vlmlens.ops.logit_attribution.apply_ln_to_stack`). :func:`~vlmlens.ops.logit_lens`
+        unembeds as well, at any positions.
 
         Returns:
             ``part batch [pos] d_model`` and, with ``return_labels``, labels ``0_pre``, ``0_mid``, ...
@@ -118,20 +120,29 @@ class ActivationCache(Mapping):
         from vlmlens.ops.logit_attribution import _stop, apply_ln_to_stack
 
         model = self._model("accumulated_resid")
+        n = model.n_layers
         stop = _stop(model, layer)
         parts, labels = [], []
-        for l in range(stop + (1 if mlp_input and stop < model.n_layers else 0)):
+        for l in range(stop + 1):
+            if l == n:
+                parts.append(self[Site(Tower.TEXT, Point.RESID_POST, n - 1)])
+                labels.append("final_post")
+                continue
             parts.append(self[Site(Tower.TEXT, Point.RESID_PRE, l)])
             labels.append(f"{l}_pre")
             if (incl_mid and l < stop) or (mlp_input and l == stop):
                 parts.append(self[Site(Tower.TEXT, Point.RESID_MID, l)])
                 labels.append(f"{l}_mid")
-        if stop == model.n_layers:
-            parts.append(self[Site(Tower.TEXT, Point.RESID_POST, model.n_layers - 1)])
-            labels.append("final_post")
         stack = torch.stack(parts)
-        if apply_ln:
-            stack = apply_ln_to_stack(model, self, stack, None if stop == model.n_layers else stop, mlp_input=mlp_input)
+        if apply_ln and stop == n:
+            from vlmlens.ops.logit_attribution import _placement
+
+            norm = model.final_norm
+            device, dtype = _placement(model, norm)
+            with torch.no_grad():
+                stack = torch.stack([norm(part.to(device, dtype)).to(part.device) for part in stack])
+        elif apply_ln:
+            stack = apply_ln_to_stack(model, self, stack, stop, mlp_input=mlp_input)
         return (stack, labels) if return_labels else stack
 
     def to_transformer_lens(self) -> Any:

@@ -43,7 +43,7 @@ class HeadScores:
         keys: for attention sinks, the ``"position:token"`` of each head's sink (sample 0).
     """
 
-    values: Float[Tensor, layer *head]
+    values: Float[Tensor, " layer *head"]
     layers: tuple[int, ...]
     what: str
     keys: tuple[tuple[str, ...], ...] | None = None
@@ -154,7 +154,7 @@ def knockout_flow(model: Any, batch: Any, metric: Any, *, queries: Positions = "
     from vlmlens.ops.interventions import BlockAttention
     from vlmlens.ops.sweep import sweep
 
-    if not isinstance(window, int) or window < 1:
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise InputError(f"window must be a positive number of layers, got {window!r}")
     chosen = _layers(model, layers)
     heads = range(model.n_heads) if per_head else [None]

@@ -45,6 +45,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from vlmlens.errors import InputError, SiteNotFoundError
+from vlmlens.hooks import projection_bias
 from vlmlens.sites import Point, Site, Tower
 
 __all__ = [
@@ -88,13 +89,21 @@ def _cached(cache: Any, site: Site, why: str) -> Tensor:
     return cache.activations[site]
 
 
+def _in_memory(weight: Tensor, what: str) -> Tensor:
+    """``weight``, detached; a clear error where accelerate has offloaded it (``meta`` outside its forward)."""
+    if weight.device.type == "meta":
+        raise InputError(f"{what} is offloaded (device_map with CPU/disk offload), and this analysis reads weights "
+                         "directly; load the model without offload (or with the text layers in memory)")
+    return weight.detach()
+
+
 def _rms_parts(model: Any, norm: torch.nn.Module) -> tuple[Tensor, float]:
     """The gain (``w``, or ``1 + w``) and epsilon of an RMSNorm of the text tower."""
     weight = getattr(norm, "weight", None)
     eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
     if weight is None or eps is None or getattr(norm, "bias", None) is not None:
         raise InputError(f"{type(norm).__name__} is not an RMSNorm; DLA freezes RMSNorms only")
-    return weight.detach().float() + model.adapter.text.rms_offset, float(eps)
+    return _in_memory(weight, f"the weight of {type(norm).__name__}").float() + model.adapter.text.rms_offset, float(eps)
 
 
 def _rms_frozen(model: Any, norm: torch.nn.Module, x: Tensor) -> FrozenNorm:
@@ -133,12 +142,14 @@ def apply_ln_to_stack(model: Any, cache: Any, stack: Float[Tensor, "*parts d_mod
 
 
 def _stop(model: Any, layer: int | None) -> int:
+    """A TransformerLens-style layer: ``0..n_layers``; ``None`` or ``-1`` mean ``n_layers`` (the final residual)."""
     n = model.n_layers
-    if layer is None:
+    if layer is None or layer == -1:
         return n
-    if not -n <= layer <= n:
-        raise InputError(f"layer {layer} is out of range: 0..{n} (n_layers = the residual before the final norm)")
-    return layer % n if layer < 0 else layer
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= n:
+        raise InputError(f"layer {layer!r} is out of range: 0..{n}, or None / -1 for the residual before the "
+                         "final norm (as TransformerLens)")
+    return layer
 
 
 @no_type_check
@@ -208,7 +219,7 @@ def stack_head_results(model: Any, cache: Any, layer: int | None = None, *, appl
     for l in range(stop):
         result = _cached(cache, Site(Tower.TEXT, Point.RESULT, l), "stack_head_results")  # batch [pos] head d
         heads = result.movedim(-2, 0)
-        bias = model.block_module(Tower.TEXT, l, "o_proj").bias
+        bias = projection_bias(model.block_module(Tower.TEXT, l, "o_proj"), result)
         bias = (torch.zeros(result.shape[-1]) if bias is None else bias.detach()).to(result.device, result.dtype)
         bias = bias.expand_as(heads[0])
         frozen = _branch_norm(model, l, "attn_out_norm", heads.sum(0) + bias)
@@ -243,7 +254,7 @@ def _token_ids(model: Any, tokens: Tokens) -> Tensor:
 @no_type_check
 def token_directions(model: Any, tokens: Tokens, incorrect_tokens: Tokens | None = None) -> Tensor:
     """Unembedding rows of ``tokens`` (minus those of ``incorrect_tokens``): ``[...] d_model``."""
-    weight = model.unembed.weight.detach().float()
+    weight = _in_memory(model.unembed.weight, "the unembedding").float()
     direction = weight[_token_ids(model, tokens)]
     if incorrect_tokens is not None:
         other = _token_ids(model, incorrect_tokens)
@@ -285,11 +296,15 @@ def neuron_logit_attrs(model: Any, cache: Any, layer: int, tokens: Tokens,
     """
     post = _cached(cache, Site(Tower.TEXT, Point.MLP_POST, layer), "neuron_logit_attrs").float()
     down = model.block_module(Tower.TEXT, layer, "mlp_down")
-    w_down = down.weight.detach().float().to(post.device)  # d_model neuron
+    w_down = _in_memory(down.weight, "the MLP's down projection").float().to(post.device)  # d_model neuron
     final = frozen_norm(model, cache)
     direction = _align(token_directions(model, tokens, incorrect_tokens), tuple(post.shape[:-1])).to(post.device)
     per_row = direction * final.gain.to(post.device)  # rows d_model (or d_model)
-    branch = _branch_norm(model, layer, "mlp_out_norm", down(post.to(down.weight.dtype)).float())
+    branch = None
+    if model.adapter.text.block.mlp_out_norm is not None:  # Gemma-2: freeze the norm at the MLP's real output
+        b_down = None if down.bias is None else _in_memory(down.bias, "the down projection's bias").float()
+        out = torch.nn.functional.linear(post, w_down, None if b_down is None else b_down.to(post.device))
+        branch = _branch_norm(model, layer, "mlp_out_norm", out)
     if branch is not None:
         per_row = per_row * branch.gain.to(post.device)
     read = per_row @ w_down  # rows neuron
@@ -341,6 +356,9 @@ def logit_lens(model: Any, batch: Any, *, positions: Any = "last", tokens: Token
         tokens: read these tokens' logits (e.g. ``["yes", "no"]`` as ids or strings); else
             each cell's ``top_k``.
         layers: which residuals (``0..n_layers``; default all, ``n_layers`` = the final one).
+
+    Logits are the unembedding's output; Gemma-2's final soft-cap (``tanh(x / cap) * cap``),
+    which is monotone, is not applied.
     """
     from vlmlens.ops.patching import _position_labels
 
@@ -357,13 +375,13 @@ def logit_lens(model: Any, batch: Any, *, positions: Any = "last", tokens: Token
     ids = None if tokens is None else torch.stack([_token_ids(model, t) for t in
                                                     ([tokens] if isinstance(tokens, (int, str)) else tokens)])
     norm, head = model.final_norm, model.unembed
-    param = next(head.parameters())
+    device, dtype = _placement(model, head)
     all_logits, all_ids = [], []
     with torch.no_grad():
         for site in sites:
             resid = cache.activations[site]
             resid = resid[:, None] if resid.dim() == 2 else resid  # one position: batch d -> batch 1 d
-            logits = head(norm(resid.to(param.device, param.dtype))).float().cpu()
+            logits = head(norm(resid.to(device, dtype))).float().cpu()
             if ids is None:
                 values, found = logits.topk(top_k, dim=-1)
             else:
@@ -378,6 +396,12 @@ def logit_lens(model: Any, batch: Any, *, positions: Any = "last", tokens: Token
     grid = grids.pop() if isinstance(positions, str) and positions == "image" and single else None
     return LogitLens(torch.stack(all_logits), torch.stack(all_ids), tuple(chosen),
                      _position_labels(model, batch, first), grid)
+
+
+def _placement(model: Any, module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Where to send a module's input: its weights' device (the model's, if offloaded) and dtype."""
+    param = next(module.parameters())
+    return (model.device if param.device.type == "meta" else param.device), param.dtype
 
 
 def _positions_mask(positions: Any, layout: Any) -> Tensor:

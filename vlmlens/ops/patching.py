@@ -230,7 +230,8 @@ def patch_heads(
     _check_layouts(clean, corrupt)
     p = as_point(point)
     if p not in _HEAD_POINTS:
-        raise InputError(f"patch_heads patches a per-head point (q, k, v, z, pattern, result), got {p.short!r}")
+        raise InputError(f"patch_heads patches a per-head point ({', '.join(q.short for q in _HEAD_POINTS)}), "
+                         f"got {p.short!r}")
     sites = [getattr(model.text, p.short)[layer] for layer in _layers(model, layers)]
     clean_logits, cache = run_with_cache(model, clean, sites=sites, positions="all", device=None)
     n_heads = cache[sites[0]].shape[1 if p.pattern_shaped else 2]

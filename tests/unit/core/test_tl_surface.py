@@ -19,7 +19,7 @@ from vlmlens.ops import (
 )
 from vlmlens.ops import run_with_interventions as run
 from vlmlens.sites import Site
-from vlmlens.testing import tiny_images
+from vlmlens.testing import tiny_images, tiny_vlm
 from vlmlens.tl import get_act_name
 
 YES, NO = 5, 7
@@ -33,6 +33,18 @@ def test_tl_names_are_text_aliases():
     assert get_act_name("pre", 0) == "blocks.0.mlp.hook_pre" and get_act_name("attn", 1) == "blocks.1.attn.hook_pattern"
     assert get_act_name("embed") == "hook_embed"
     assert Site.parse(get_act_name("z", 0, tower="vision")).tower.value == "vision"
+    # TL's q/k names mean what they mean in TL: hook_q before the rotary embedding, hook_rot_q after.
+    assert Site.parse("blocks.0.attn.hook_q") == Site.parse("text.blocks.0.attn.hook_q_pre_rope")
+    assert Site.parse("blocks.0.attn.hook_rot_k") == Site.parse("text.blocks.0.attn.hook_k")
+    assert get_act_name("q", 1) == "blocks.1.attn.hook_q" and get_act_name("rot_q", 1) == "blocks.1.attn.hook_rot_q"
+    assert get_act_name("scale", 1, "ln2") == "blocks.1.ln2.hook_scale"
+    with pytest.raises(InputError, match="needs a layer"):
+        get_act_name("z")
+
+
+def test_tl_names_round_trip(model):
+    for site in model.sites():
+        assert Site.parse(site.tl_name) == site
 
 
 def test_run_with_hooks_equals_the_same_intervention(model, batch):
@@ -164,9 +176,19 @@ def test_transformer_lens_patching_runs_on_hooked_vlm_and_agrees(model, pair):
                        run(model, corrupt, [Patch(site=site, source=clean_cache[site], positions=mask)]))
 
 
-def test_transformer_lens_cache_methods_agree(model, batch):
+def test_transformer_lens_cache_methods_agree(family, batch):
+    model = tiny_vlm(family)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # norms with gains far from 1, so a gain applied twice (or never) shows
+        for name, param in model.hf_model.named_parameters():
+            if name.startswith("model.language_model") and "norm" in name:
+                param.add_(0.5 * torch.randn(param.shape, generator=gen))
     logits, cache = run_with_cache(model, batch, sites=lambda s: s.tower.value == "text")
     tl = cache.to_transformer_lens()
+    # TL's apply_ln divides by the scale and leaves the gain to its folded W_U; vlmlens applies it.
+    parts = cache.decompose_resid()
+    gain = model.final_norm.weight.float() + model.adapter.text.rms_offset
+    torch.testing.assert_close(tl.apply_ln_to_stack(parts) * gain, cache.apply_ln_to_stack(parts), atol=1e-5, rtol=1e-5)
     for layer in (None, 1):
         ours, labels = cache.decompose_resid(layer, return_labels=True)
         theirs, tl_labels = tl.decompose_resid(layer, return_labels=True)

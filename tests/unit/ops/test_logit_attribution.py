@@ -141,11 +141,19 @@ def test_accumulated_resid_follows_transformer_lens(setup):
     stack, labels = cache.accumulated_resid(return_labels=True)
     assert labels == [f"{l}_pre" for l in range(n)] + ["final_post"]
     assert torch.equal(stack[-1], cache["resid_post", n - 1])
+    assert cache.accumulated_resid(-1, return_labels=True)[1] == labels  # -1 is the final residual, as TL
     _, labels = cache.accumulated_resid(1, incl_mid=True, return_labels=True)
-    assert labels == ["0_pre", "0_mid"]
-    # apply_ln freezes the final norm: the last entry becomes exactly the normalised residual.
-    torch.testing.assert_close(cache.accumulated_resid(apply_ln=True)[-1],
-                               cache["text.ln_final.hook_normalized"].float(), atol=1e-5, rtol=1e-5)
+    assert labels == ["0_pre", "0_mid", "1_pre"]
+    assert cache.accumulated_resid(0, mlp_input=True, return_labels=True)[1] == ["0_pre", "0_mid"]
+    # apply_ln at the final residual applies the real norm to each entry (a logit lens, as TL 4).
+    lens = cache.accumulated_resid(apply_ln=True)
+    torch.testing.assert_close(lens[-1], cache["text.ln_final.hook_normalized"], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(lens[0], model.final_norm(cache["resid_pre", 0]), atol=1e-6, rtol=1e-6)
+    # Before a layer it freezes that layer's norm: the last entry (resid_pre there) becomes its norm's output.
+    frozen = cache.accumulated_resid(1, apply_ln=True)
+    attn_norm = model.block_module("text", 1, "attn_norm")
+    torch.testing.assert_close(frozen[-1], attn_norm(cache["resid_pre", 1]).float(), atol=1e-5, rtol=1e-5)
+    assert cache.decompose_resid(-1, return_labels=True)[1] == cache.decompose_resid(return_labels=True)[1]
 
 
 def test_token_directions_per_sample_and_last_position_cache(setup):
