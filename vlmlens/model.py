@@ -486,10 +486,23 @@ class HookedVLM(TLSurface):
 
     __call__ = forward
 
-    def run_with_cache(self, batch: Batch | dict[str, torch.Tensor], **kwargs: Any) -> tuple[torch.Tensor, Any]:
-        """:func:`vlmlens.ops.run_with_cache` on this model (as TransformerLens's method)."""
+    @no_type_check
+    def run_with_cache(self, batch: Batch | dict[str, torch.Tensor], *, names_filter: Any = None,
+                       **kwargs: Any) -> tuple[torch.Tensor, Any]:
+        """:func:`vlmlens.ops.run_with_cache` on this model (as TransformerLens's method).
+
+        ``names_filter`` (TransformerLens's): a name, a list of names, or a predicate on names
+        (text-tower sites under TL names), instead of ``sites=``.
+        """
         from vlmlens.ops.cache import run_with_cache
 
+        if names_filter is not None:
+            if "sites" in kwargs:
+                raise InputError("give sites= or names_filter=, not both")
+            if callable(names_filter):
+                kwargs["sites"] = self.hook_matches(names_filter)
+            else:
+                kwargs["sites"] = [names_filter] if isinstance(names_filter, (str, Site)) else list(names_filter)
         return run_with_cache(self, batch, **kwargs)
 
     def trace(self, batch: Batch | dict[str, torch.Tensor], **kwargs: Any) -> Any:

@@ -325,11 +325,13 @@ class Hook(Intervention):
             out = self.fn(work, info)
             if out is None:
                 return work
-            if not isinstance(out, torch.Tensor) or out.shape != act.shape:
-                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            if not isinstance(out, torch.Tensor) or out.shape != act.shape or out.device != act.device:
+                got = (f"{tuple(out.shape)} on {out.device}" if isinstance(out, torch.Tensor)
+                       else type(out).__name__)
                 raise InterventionError(f"the hook function at {site.tl_name} returned {got}; return a tensor of the "
-                                        f"activation's shape {tuple(act.shape)}, or None after editing it in place")
-            return out
+                                        f"activation's shape {tuple(act.shape)} on {act.device}, or None after "
+                                        "editing it in place")
+            return out.to(act.dtype)
 
         return [(site, _edit(site, ctx, fn))]
 
@@ -367,6 +369,11 @@ class AtSteps(Intervention):
     def compile(self, ctx: EditContext) -> list[tuple[Site | str, Edit]]:
         if ctx.layout is None:
             raise InterventionError("AtSteps needs a Batch from model.prepare() (its prompt length counts the steps)")
+        edits = [(site, fn) for inner in self.interventions for site, fn in inner.compile(ctx)]
+        image_side = [s for s, _ in edits if not (isinstance(s, Site) and s.tower is Tower.TEXT)]
+        if image_side and 0 not in self.steps:
+            logger.warning("AtSteps(steps=%s) wraps image-side edits (%s), which act only at step 0 (the image is "
+                           "encoded once): they change nothing here", self.steps, image_side[0])
         stack = ctx.model._hooks.stack
         prompt = ctx.layout.seq_len
 
@@ -378,7 +385,7 @@ class AtSteps(Intervention):
 
             return apply
 
-        return [(site, gate(site, fn)) for inner in self.interventions for site, fn in inner.compile(ctx)]
+        return [(site, gate(site, fn)) for site, fn in edits]
 
 
 @no_type_check

@@ -203,3 +203,12 @@ def test_transformer_lens_cache_methods_agree(family, batch):
                                atol=1e-5, rtol=1e-5)
     last = logits[:, :, YES] - logits[:, :, NO]
     torch.testing.assert_close(tl.logit_attrs(parts, YES, NO).sum(0), last, atol=2e-4, rtol=1e-4)
+
+
+def test_run_with_cache_names_filter(model, batch):
+    _, by_filter = model.run_with_cache(batch, names_filter=lambda name: name.endswith("hook_resid_post"))
+    assert {s.tl_name for s in by_filter} >= {"blocks.0.hook_resid_post", "vision.blocks.0.hook_resid_post"}
+    _, by_name = model.run_with_cache(batch, names_filter="blocks.1.hook_resid_post")
+    assert torch.equal(by_name["blocks.1.hook_resid_post"], by_filter["blocks.1.hook_resid_post"])
+    with pytest.raises(InputError, match="not both"):
+        model.run_with_cache(batch, names_filter="blocks.1.hook_resid_post", sites=["text.hook_embed"])

@@ -344,11 +344,14 @@ def test_at_steps_steers_only_the_chosen_forwards(model, gen_batch, steps):
         check(model, gen_batch, gen)
 
 
-def test_at_steps_with_image_side_edits_acts_at_the_prompt_only(model, gen_batch):
+def test_at_steps_with_image_side_edits_acts_at_the_prompt_only(model, gen_batch, caplog):
     ablate = Ablate(site="projector.hook_out")
     inside = model.generate(gen_batch, max_new_tokens=NEW, interventions=[AtSteps(interventions=(ablate,), steps=(0,))])
     plain = model.generate(gen_batch, max_new_tokens=NEW, interventions=[ablate])
-    never = model.generate(gen_batch, max_new_tokens=NEW, interventions=[AtSteps(interventions=(ablate,), steps=(1, 2))])
+    with caplog.at_level("WARNING", logger="vlmlens.ops.interventions"):
+        never = model.generate(gen_batch, max_new_tokens=NEW,
+                               interventions=[AtSteps(interventions=(ablate,), steps=(1, 2))])
+    assert "change nothing" in caplog.text
     assert torch.equal(inside.scores, plain.scores)
     assert torch.equal(never.scores, model.generate(gen_batch, max_new_tokens=NEW).scores)
 
