@@ -149,7 +149,7 @@ class TLSurface:
             model_name=getattr(self.hf_model.config, "_name_or_path", "") or self.family,
             original_architecture=self.adapter.architecture, n_layers=self.n_layers, d_model=self.d_model,
             n_heads=self.n_heads, d_head=d_head, d_mlp=text.intermediate_size,
-            d_vocab=_weight(self._embedding()).shape[0], d_vocab_out=_weight(self.unembed).shape[0],
+            d_vocab=self._embedding().weight.shape[0], d_vocab_out=self.unembed.weight.shape[0],  # shapes: offload-safe
             n_key_value_heads=self.n_kv_heads, n_ctx=getattr(text, "max_position_embeddings", 0), act_fn=str(act),
             eps=float(getattr(text, "rms_norm_eps", 0.0)), normalization_type="RMS",
             positional_embedding_type="rotary", device=self.device, dtype=next(self.hf_model.parameters()).dtype,

@@ -60,5 +60,6 @@ def test_weight_reading_analyses_say_so_on_offloaded_weights(tmp_path):
         cache.logit_attrs(cache.decompose_resid(), 5, 7)
     with pytest.raises(InputError, match="offloaded"):
         _ = off.W_out
+    assert off.cfg == plain.cfg  # cfg reads shapes only
     lens, want = logit_lens(off, batch, tokens=[5, 7]), logit_lens(plain, batch, tokens=[5, 7])
     torch.testing.assert_close(lens.logits, want.logits, atol=1e-6, rtol=1e-6)
