@@ -82,6 +82,13 @@ class Point(str, Enum):
         """Whether the activation is ``batch head q_seq k_seq`` (attention scores and pattern)."""
         return self in (Point.ATTN_SCORES, Point.PATTERN)
 
+    @property
+    def head_axis(self) -> int | None:
+        """The axis of heads: 1 for scores and pattern, 2 for ``batch seq head ...``; ``None``: no heads."""
+        if self.pattern_shaped:
+            return 1
+        return 2 if self in HEAD_POINTS else None
+
 
 _SHORT_OF: dict[Point, str] = {
     Point.EMBED: "embed",
@@ -247,7 +254,7 @@ class Site:
     @property
     def per_head(self) -> bool:
         """Whether the activation has a head axis (q, k, v, z, result; scores and pattern too)."""
-        return self.point in HEAD_POINTS or self.point.pattern_shaped
+        return self.point.head_axis is not None
 
     def __str__(self) -> str:
         if self.point in BLOCK_POINTS:

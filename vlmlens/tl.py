@@ -314,8 +314,7 @@ def to_transformer_lens(cache: Any) -> Any:
     from vlmlens.sites import Point
 
     model = cache._model("to_transformer_lens")
-    text = {site: act for site, act in cache.activations.items()
-            if site.tower is Tower.TEXT and not model.runs_per_image(site)}
+    text = {site: act for site, act in cache.activations.items() if site.tower is Tower.TEXT}
     out = {site.tl_name: act for site, act in text.items() if site.point is not Point.EMBED}
     first = Site(Tower.TEXT, Point.RESID_PRE, 0)
     if first in text:

@@ -42,7 +42,7 @@ from vlmlens.ops.patching import (
     _single_grid,
 )
 from vlmlens.ops.positions import Positions, resolve_positions
-from vlmlens.sites import Point, Site, Tower, as_point
+from vlmlens.sites import HEAD_POINTS, Point, Site, Tower, as_point
 
 __all__ = ["attribute_residual", "attribute_heads", "attribute_neurons", "attribute_image_patches", "graddrop_heads"]
 
@@ -222,7 +222,11 @@ def patched_pattern(model: Any, layer: int, pattern: Tensor, qk: tuple[Tensor, T
     ``softmax(log(pattern) + new scores - old scores)``: the mask and each row's normaliser
     cancel, so no mask has to be rebuilt; masked keys (pattern 0) stay 0.
     """
-    shift = _scores(model, layer, *patched) - _scores(model, layer, *qk)
+    return _renormalised(pattern, _scores(model, layer, *patched) - _scores(model, layer, *qk))
+
+
+def _renormalised(pattern: Tensor, shift: Tensor | float = 0.0) -> Tensor:
+    """``softmax(log(pattern) + shift)``; masked keys (pattern 0) stay 0."""
     return torch.softmax(pattern.float().log() + shift, dim=-1).nan_to_num(0.0)
 
 
@@ -244,7 +248,7 @@ def _qk_fixed(model: Any, clean: Batch, corrupt: Batch, metric: Metric, point: P
         patched_q, patched_k = (new, k) if point is Point.Q else (q, new)
         pattern = cache[sites["pattern", layer]].float()
         after = patched_pattern(model, layer, pattern, (q, k), (patched_q, patched_k))
-        before = patched_pattern(model, layer, pattern, (q, k), (q, k))  # the same softmax, no shift: a no-op is 0
+        before = _renormalised(pattern)  # the same softmax without a shift: a no-op patch scores 0
         effect = ((after - before) * cache.grads[sites["pattern", layer]].float()).sum((0, 2, 3))  # query heads
         if point is Point.K:
             effect = effect.view(k.shape[2], -1).sum(-1)  # per key-value head: its query heads together
@@ -280,7 +284,7 @@ def graddrop_heads(model: Any, clean: Batch, corrupt: Batch, metric: Metric, *, 
     from vlmlens.ops.interventions import Hook
 
     p = as_point(point)
-    if p not in _HEAD_POINTS or p.pattern_shaped:
+    if p not in HEAD_POINTS:
         raise InputError(f"graddrop_heads scores a per-head vector point (q, k, v, z, result), got {p.short!r}")
     _check_layouts(clean, corrupt)
     chosen = _layers(model, layers)

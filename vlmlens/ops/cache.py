@@ -117,7 +117,7 @@ class ActivationCache(Mapping):
         Returns:
             ``part batch [pos] d_model`` and, with ``return_labels``, labels ``0_pre``, ``0_mid``, ...
         """
-        from vlmlens.ops.logit_attribution import _stop, apply_ln_to_stack
+        from vlmlens.ops.logit_attribution import _placement, _stop, apply_ln_to_stack
 
         model = self._model("accumulated_resid")
         n = model.n_layers
@@ -135,8 +135,6 @@ class ActivationCache(Mapping):
                 labels.append(f"{l}_mid")
         stack = torch.stack(parts)
         if apply_ln and stop == n:
-            from vlmlens.ops.logit_attribution import _placement
-
             norm = model.final_norm
             device, dtype = _placement(model, norm)
             with torch.no_grad():

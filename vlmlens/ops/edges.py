@@ -35,6 +35,7 @@ from torch import Tensor
 
 from vlmlens.errors import InputError
 from vlmlens.inputs import Batch
+from vlmlens.ops.patching import _check_layouts, _scalar
 from vlmlens.sites import Point, Site, Tower
 
 __all__ = ["EdgeScores", "attribute_edges", "patch_edge"]
@@ -75,7 +76,7 @@ def _layer_of(name: str) -> int:
     return -1 if name == "embed" else int(re.match(r"L(\d+)", name).group(1))
 
 
-def _precedes(sender: str, receiver: str, n_layers: int) -> bool:
+def _precedes(sender: str, receiver: str) -> bool:
     if receiver == "LOGITS":
         return True
     s, r = _layer_of(sender), _layer_of(receiver)
@@ -136,23 +137,17 @@ def _writes(model: Any, batch: Batch) -> tuple[dict[str, Tensor], Tensor]:
     return writes, logits
 
 
-def _scalar(value: Any) -> float:
-    value = torch.as_tensor(value)
-    if value.numel() != 1:
-        raise InputError(f"the metric must return a scalar, got shape {tuple(value.shape)}")
-    return float(value)
-
-
 @no_type_check
 def attribute_edges(model: Any, clean: Batch, corrupt: Batch, metric: Any) -> EdgeScores:
-    """EAP scores of every edge between text-tower components (two forwards, one backward).
+    """EAP scores of every edge between text-tower components.
+
+    Costs three forwards (the clean and corrupt writes, then the corrupt run with its
+    graph) and one backward.
 
     Args:
         clean, corrupt: batches of the same layout (``model.prepare``).
         metric: ``metric(logits, batch) -> scalar`` (e.g. ``logit_diff(yes, no)``).
     """
-    from vlmlens.ops.patching import _check_layouts
-
     _check_layouts(clean, corrupt)
     clean_writes, clean_logits = _writes(model, clean)
     corrupt_writes, _ = _writes(model, corrupt)
@@ -170,7 +165,7 @@ def attribute_edges(model: Any, clean: Batch, corrupt: Batch, metric: Any) -> Ed
     for i, sender in enumerate(senders):
         delta = (clean_writes[sender] - corrupt_writes[sender]).float()
         for j, (receiver, grad) in enumerate(zip(receivers, grads, strict=True)):
-            if _precedes(sender, receiver, model.n_layers):
+            if _precedes(sender, receiver):
                 scores[i, j] = 0.0 if grad is None else float((delta * grad.float().to(delta.device)).sum())
     return EdgeScores(scores, tuple(senders), tuple(receivers), corrupt_metric=_scalar(value.detach()),
                       clean_metric=_scalar(metric(clean_logits, clean)))
@@ -185,8 +180,6 @@ def patch_edge(model: Any, clean: Batch, corrupt: Batch, metric: Any, edge: tupl
     of the sender; every other component reads the corrupt run (and the receiver's own
     downstream effects follow). Returns the metric's value.
     """
-    from vlmlens.ops.patching import _check_layouts
-
     _check_layouts(clean, corrupt)
     sender, receiver = edge
     if receiver not in _receivers(model):
@@ -194,7 +187,7 @@ def patch_edge(model: Any, clean: Batch, corrupt: Batch, metric: Any, edge: tupl
     clean_writes, _ = _writes(model, clean)
     if sender not in clean_writes:
         raise InputError(f"unknown sender {sender!r}; senders: embed, L{{l}}H{{h}}, L{{l}}MLP")
-    if not _precedes(sender, receiver, model.n_layers):
+    if not _precedes(sender, receiver):
         raise InputError(f"{sender} does not write before {receiver} reads; no such edge")
     corrupt_writes, _ = _writes(model, corrupt)
     delta = scale * (clean_writes[sender] - corrupt_writes[sender])

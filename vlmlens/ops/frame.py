@@ -23,10 +23,7 @@ from vlmlens.errors import InterventionError
 from vlmlens.layout import TokenLayout
 from vlmlens.sites import Point, Site, Tower
 
-__all__ = ["EditContext", "Frame", "HEAD_AXIS", "seq_axis"]
-
-HEAD_AXIS = {Point.Q_PRE_ROPE: 2, Point.K_PRE_ROPE: 2, Point.Q: 2, Point.K: 2, Point.V: 2, Point.Z: 2, Point.RESULT: 2, Point.ATTN_SCORES: 1, Point.PATTERN: 1}
-"""Axis of heads in each head-resolved site's activation."""
+__all__ = ["EditContext", "Frame", "seq_axis"]
 
 
 def seq_axis(site: Site) -> int:
@@ -193,7 +190,7 @@ class Frame:
         """Selection of heads and units (last axis), broadcastable to ``act``, or ``None`` (all)."""
         where = None
         if heads is not None:
-            axis = HEAD_AXIS.get(self.site.point)
+            axis = self.site.point.head_axis
             if axis is None:
                 raise InterventionError(
                     f"heads=... applies to q, k, v, z, result and pattern sites, not {self.site}")

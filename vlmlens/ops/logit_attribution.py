@@ -122,12 +122,13 @@ def frozen_norm(model: Any, cache: Any, layer: int | None = None, *, mlp_input: 
             (from ``resid_pre``), or before its MLP with ``mlp_input`` (from ``resid_mid``).
     """
     n = model.n_layers
-    if layer is None or layer in (-1, n):
+    stop = _stop(model, layer)
+    if stop == n:
         site = Site(Tower.TEXT, Point.RESID_POST, n - 1)
         return _rms_frozen(model, model.final_norm, _cached(cache, site, "the final norm's scale"))
     point, part = (Point.RESID_MID, "mlp_norm") if mlp_input else (Point.RESID_PRE, "attn_norm")
-    x = _cached(cache, Site(Tower.TEXT, point, layer % n), f"the scale of block {layer}'s {part}")
-    return _rms_frozen(model, model.block_module(Tower.TEXT, layer, part), x)
+    x = _cached(cache, Site(Tower.TEXT, point, stop), f"the scale of block {stop}'s {part}")
+    return _rms_frozen(model, model.block_module(Tower.TEXT, stop, part), x)
 
 
 def apply_ln_to_stack(model: Any, cache: Any, stack: Float[Tensor, "*parts d_model"], layer: int | None = None,
@@ -187,7 +188,7 @@ def decompose_resid(model: Any, cache: Any, layer: int | None = None, *, mlp_inp
         raise InputError("decompose_resid has no parts to return (incl_embeds=False before layer 0)")
     stack = torch.stack(parts)
     if apply_ln:
-        stack = apply_ln_to_stack(model, cache, stack, None if stop == model.n_layers else stop, mlp_input=mlp_input)
+        stack = apply_ln_to_stack(model, cache, stack, stop, mlp_input=mlp_input)
     return (stack, labels) if return_labels else stack
 
 
@@ -234,7 +235,7 @@ def stack_head_results(model: Any, cache: Any, layer: int | None = None, *, appl
         stack = torch.cat([stack, rest[None]])
         labels.append("bias")
     if apply_ln:
-        stack = apply_ln_to_stack(model, cache, stack, None if stop == model.n_layers else stop)
+        stack = apply_ln_to_stack(model, cache, stack, stop)
     return (stack, labels) if return_labels else stack
 
 
@@ -255,10 +256,11 @@ def _token_ids(model: Any, tokens: Tokens) -> Tensor:
 def token_directions(model: Any, tokens: Tokens, incorrect_tokens: Tokens | None = None) -> Tensor:
     """Unembedding rows of ``tokens`` (minus those of ``incorrect_tokens``): ``[...] d_model``."""
     weight = _in_memory(model.unembed.weight, "the unembedding").float()
-    direction = weight[_token_ids(model, tokens)]
+    ids = _token_ids(model, tokens)
+    direction = weight[ids]
     if incorrect_tokens is not None:
         other = _token_ids(model, incorrect_tokens)
-        if other.shape != _token_ids(model, tokens).shape:
+        if other.shape != ids.shape:
             raise InputError("tokens and incorrect_tokens must have the same shape")
         direction = direction - weight[other]
     return direction

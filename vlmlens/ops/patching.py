@@ -36,7 +36,7 @@ from vlmlens.ops.cache import run_with_cache
 from vlmlens.ops.interventions import Patch
 from vlmlens.ops.positions import Positions
 from vlmlens.ops.sweep import sweep
-from vlmlens.sites import Point, Site, as_point
+from vlmlens.sites import BLOCK_POINTS, Point, Site, as_point
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -55,7 +55,7 @@ __all__ = [
 Metric = Callable[[Float[Tensor, "batch seq vocab"], Batch], Tensor]
 """``metric(logits, batch) -> scalar tensor``: what patching measures (see :func:`logit_diff`)."""
 
-_HEAD_POINTS = (Point.Q_PRE_ROPE, Point.K_PRE_ROPE, Point.Q, Point.K, Point.V, Point.Z, Point.ATTN_SCORES, Point.PATTERN, Point.RESULT)
+_HEAD_POINTS = tuple(p for p in BLOCK_POINTS if p.head_axis is not None)
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

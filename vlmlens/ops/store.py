@@ -44,7 +44,7 @@ from vlmlens.errors import DataError, InputError, SiteNotFoundError
 from vlmlens.inputs import Batch
 from vlmlens.ops.cache import SiteSpec, run_with_cache, select_sites
 from vlmlens.ops.positions import Positions
-from vlmlens.sites import Point, Site, Tower
+from vlmlens.sites import Site, Tower
 
 __all__ = ["STORE_FORMAT", "ActivationStore", "StoreInfo", "write_store"]
 
@@ -431,7 +431,7 @@ def _per_sample(model: Any, site: Site, act: Tensor, batch: Batch) -> Tensor:
             raise InputError(f"{site}: a store of vision or projector sites needs exactly one image per sample; "
                              f"got {sum(counts)} images for {n} samples")
         return act
-    if site.point in (Point.Q, Point.K, Point.V, Point.ATTN_SCORES, Point.PATTERN):  # cached per image: ``image ...``
+    if model.runs_per_image(site):  # cached per image: ``image ...``
         if act.shape[0] != n or any(c != 1 for c in counts):
             raise InputError(f"{site}: a store of per-image vision attention sites needs exactly one image per "
                              f"sample; got {sum(counts)} images for {n} samples")
