@@ -5,7 +5,9 @@ from vlmlens.ops.attribution import (
     attribute_image_patches,
     attribute_neurons,
     attribute_residual,
+    embedding_path,
     graddrop_heads,
+    ig_alphas,
 )
 from vlmlens.ops.cache import ActivationCache, run_with_cache, select_sites
 from vlmlens.ops.edges import EdgeScores, attribute_edges, patch_edge
@@ -93,7 +95,9 @@ __all__ = [
     "attribute_heads",
     "attribute_neurons",
     "attribute_image_patches",
+    "embedding_path",
     "graddrop_heads",
+    "ig_alphas",
     "EdgeScores",
     "attribute_edges",
     "patch_edge",

@@ -15,7 +15,7 @@ and :func:`~vlmlens.ops.stack_head_results` (Gemma-2 heads frozen through their
 post-attention norm). :func:`patch_edge` runs the exact patch of one edge, to check the top
 estimates.
 
-Example:
+Examples:
     >>> edges = attribute_edges(model, clean, corrupt, metric)
     >>> for edge, score in edges.top(5):
     ...     exact = patch_edge(model, clean, corrupt, metric, edge)
@@ -106,6 +106,8 @@ def _reading(modules: dict[str, torch.nn.Module], seen: dict[str, Tensor],
     def hook_for(name: str):
         def hook(module: torch.nn.Module, args: tuple) -> tuple:
             x = args[0]
+            if torch.is_grad_enabled() and not x.requires_grad:
+                x = x.detach().requires_grad_(True)  # outside any graph (frozen weights, a set input): a leaf
             branch = x.view_as(x) if add is None or name not in add else x + add[name].to(x.device, x.dtype)
             seen[name] = branch
             return (branch, *args[1:])
@@ -137,29 +139,52 @@ def _writes(model: Any, batch: Batch) -> tuple[dict[str, Tensor], Tensor]:
     return writes, logits
 
 
-@no_type_check
-def attribute_edges(model: Any, clean: Batch, corrupt: Batch, metric: Any) -> EdgeScores:
-    """EAP scores of every edge between text-tower components.
+def _receiver_grads(model: Any, corrupt: Batch, metric: Any, receivers: list[str],
+                    interventions: list[Any]) -> tuple[list[Tensor | None], float]:
+    """d metric / d (each receiver's own input) on the corrupt batch, and the metric's value."""
+    from vlmlens.ops.interventions import applied
 
-    Costs three forwards (the clean and corrupt writes, then the corrupt run with its
-    graph) and one backward.
-
-    Args:
-        clean, corrupt: batches of the same layout (``model.prepare``).
-        metric: ``metric(logits, batch) -> scalar`` (e.g. ``logit_diff(yes, no)``).
-    """
-    _check_layouts(clean, corrupt)
-    clean_writes, clean_logits = _writes(model, clean)
-    corrupt_writes, _ = _writes(model, corrupt)
-    receivers = _receivers(model)
     readers = {name: _reader(model, name) for name in receivers}
     seen: dict[str, Tensor] = {}
-    with torch.enable_grad(), _reading(readers, seen):
+    with torch.enable_grad(), applied(model, interventions, corrupt.layout), _reading(readers, seen):
         logits = model.hf_model(**corrupt.inputs).logits
         value = torch.as_tensor(metric(logits, corrupt))
         if value.numel() != 1 or not value.requires_grad:
             raise InputError("the metric must return a scalar that depends on the logits, e.g. logit_diff(yes, no)")
         grads = torch.autograd.grad(value.reshape(()), [seen[name] for name in receivers], allow_unused=True)
+    return list(grads), _scalar(value.detach())
+
+
+@no_type_check
+def attribute_edges(model: Any, clean: Batch, corrupt: Batch, metric: Any, *, ig_steps: int = 0) -> EdgeScores:
+    """EAP scores of every edge between text-tower components.
+
+    Costs three forwards (the clean and corrupt writes, then the corrupt run with its
+    graph) and one backward; with ``ig_steps=k``, ``k`` forwards and backwards with its graph.
+
+    Args:
+        clean: the clean batch (``model.prepare``).
+        corrupt: the corrupt batch, of the same layout.
+        metric: ``metric(logits, batch) -> scalar`` (e.g. ``logit_diff(yes, no)``).
+        ig_steps: 0 for EAP; ``k > 0`` for EAP-IG (Hanna et al. 2024): each receiver's
+            gradient averaged over ``k`` points on the line from the corrupt to the clean
+            input embeddings (as :func:`~vlmlens.ops.attribute_residual`'s ``ig_steps``).
+    """
+    from vlmlens.ops.attribution import _check_steps, embedding_path, ig_alphas
+
+    _check_layouts(clean, corrupt)
+    steps = _check_steps(ig_steps)
+    clean_writes, clean_logits = _writes(model, clean)
+    corrupt_writes, corrupt_logits = _writes(model, corrupt)
+    receivers = _receivers(model)
+    if steps:
+        path = embedding_path(model, clean, corrupt)
+        grads = [None] * len(receivers)
+        for alpha in ig_alphas(steps):
+            found, _ = _receiver_grads(model, corrupt, metric, receivers, [path(alpha)])
+            grads = [g if f is None else f.float() / steps + (0.0 if g is None else g) for g, f in zip(grads, found)]
+    else:
+        grads, _ = _receiver_grads(model, corrupt, metric, receivers, [])
     senders = list(clean_writes)
     scores = torch.full((len(senders), len(receivers)), float("nan"))
     for i, sender in enumerate(senders):
@@ -167,7 +192,7 @@ def attribute_edges(model: Any, clean: Batch, corrupt: Batch, metric: Any) -> Ed
         for j, (receiver, grad) in enumerate(zip(receivers, grads, strict=True)):
             if _precedes(sender, receiver):
                 scores[i, j] = 0.0 if grad is None else float((delta * grad.float().to(delta.device)).sum())
-    return EdgeScores(scores, tuple(senders), tuple(receivers), corrupt_metric=_scalar(value.detach()),
+    return EdgeScores(scores, tuple(senders), tuple(receivers), corrupt_metric=_scalar(metric(corrupt_logits, corrupt)),
                       clean_metric=_scalar(metric(clean_logits, clean)))
 
 

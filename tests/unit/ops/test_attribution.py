@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vlmlens.errors import InputError
 from vlmlens.ops import (
     Patch,
     attribute_heads,
@@ -177,3 +178,54 @@ def test_graddrop_matches_hand_autograd_with_a_layer_detached(model, reference, 
     diff = cache["z", 0] - kept["z"].detach().view_as(cache["z", 0])
     want = (diff * kept["z"].grad.view_as(diff)).sum((0, 1, 3)).abs()
     torch.testing.assert_close(scores.values[0], want, atol=1e-5, rtol=1e-4)
+
+
+def test_integrated_gradients_average_directional_derivatives_along_the_input_path(model):
+    """ig_steps=k: each estimate is the mean, over the k midpoints of the straight line from
+    the corrupt to the clean input embeddings, of the directional derivative of the exact patch."""
+    from vlmlens.ops import embedding_path, ig_alphas
+
+    clean, corrupt = pair(model)
+    metric = metric_of(model)
+    ig = attribute_residual(model, clean, corrupt, metric, layers=[1], positions="image", ig_steps=2)
+    atp = attribute_residual(model, clean, corrupt, metric, layers=[1], positions="image")
+    assert ig.labels == atp.labels and ig.corrupt_metric == atp.corrupt_metric
+    assert not torch.allclose(ig.values, atp.values)  # the path matters on a random model
+    site = model.text.resid_pre[1]
+    _, c = run_with_cache(model, clean, sites=[site])
+    _, k = run_with_cache(model, corrupt, sites=[site])
+    diff = c[site] - k[site]
+    path = embedding_path(model, clean, corrupt)
+    for piece in (0, 3):
+        mask = torch.zeros_like(clean.layout.padding)
+        for b in range(2):
+            mask[b, clean.layout.images[b][0].start + piece] = True
+        want = 0.0
+        for alpha in ig_alphas(2):
+            _, on_path = run_with_cache(model, corrupt, sites=[site], interventions=[path(alpha)])
+            ends = [float(metric(run_with_interventions(
+                model, corrupt, [path(alpha), Patch(site=site, source=on_path[site] + sign * EPS * diff, positions=mask)]),
+                corrupt)) for sign in (1, -1)]
+            want += (ends[0] - ends[1]) / (2 * EPS) / 2
+        assert close(float(ig.values[0, piece]) - ig.corrupt_metric, want), piece
+
+
+def test_integrated_gradients_at_the_embeddings_add_up_to_the_whole_effect(model):
+    """Completeness: the path runs through the embeddings, so the patches' estimates at
+    ``hook_embed`` sum to clean - corrupt (up to the midpoint rule's error)."""
+    clean, corrupt = pair(model)
+    metric = metric_of(model)
+    grid = attribute_image_patches(model, clean, corrupt, metric, ig_steps=16)
+    total = grid.clean_metric - grid.corrupt_metric
+    assert float((grid.values - grid.corrupt_metric).sum()) == pytest.approx(total, rel=2e-2, abs=1e-3)
+
+
+def test_integrated_gradient_arguments_are_checked(model):
+    clean, corrupt = pair(model)
+    metric = metric_of(model)
+    with pytest.raises(InputError, match="ig_steps must be a whole number"):
+        attribute_residual(model, clean, corrupt, metric, layers=[0], ig_steps=-1)
+    with pytest.raises(InputError, match="either the QK fix or ig_steps"):
+        attribute_heads(model, clean, corrupt, metric, point="q", ig_steps=4)
+    heads = attribute_heads(model, clean, corrupt, metric, point="q", qk_fix=False, ig_steps=1, layers=[0])
+    assert heads.values.shape == (1, model.n_heads)

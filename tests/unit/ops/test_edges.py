@@ -55,3 +55,32 @@ def test_edge_errors(model, setup):
         patch_edge(model, clean, corrupt, metric, ("L0H0", "L9Q"))
     with pytest.raises(InputError, match="unknown sender"):
         patch_edge(model, clean, corrupt, metric, ("L0H99", "LOGITS"))
+
+
+def test_eap_ig_scores_average_directional_derivatives_along_the_input_path(model, setup):
+    """ig_steps=k: each edge's score is the mean over the path's midpoints of the exact edge
+    patch's directional derivative, taken with the corrupt run's embeddings moved onto the path."""
+    from vlmlens.ops import embedding_path, ig_alphas
+    from vlmlens.ops.edges import _reader, _reading, _writes
+    from vlmlens.ops.interventions import applied
+
+    clean, corrupt, metric, plain = setup
+    edges = attribute_edges(model, clean, corrupt, metric, ig_steps=2)
+    assert edges.corrupt_metric == pytest.approx(plain.corrupt_metric, abs=1e-6)
+    assert edges.senders == plain.senders and edges.receivers == plain.receivers
+    path = embedding_path(model, clean, corrupt)
+    for sender, receiver in [("embed", "L1ATTN"), ("L0H1", "L0MLP"), ("L0MLP", "LOGITS")]:
+        delta = _writes(model, clean)[0][sender] - _writes(model, corrupt)[0][sender]
+        want = 0.0
+        for alpha in ig_alphas(2):
+            ends = []
+            for sign in (1, -1):
+                add = {receiver: sign * EPS * delta}
+                with applied(model, [path(alpha)], corrupt.layout), _reading({receiver: _reader(model, receiver)}, {},
+                                                                             add=add):
+                    ends.append(float(metric(model.hf_model(**corrupt.inputs).logits, corrupt)))
+            want += (ends[0] - ends[1]) / (2 * EPS) / 2
+        score = edges.scores[edges.senders.index(sender), edges.receivers.index(receiver)]
+        assert float(score) == pytest.approx(want, rel=2e-2, abs=2e-4), (sender, receiver)
+    with pytest.raises(InputError, match="ig_steps"):
+        attribute_edges(model, clean, corrupt, metric, ig_steps=-2)
