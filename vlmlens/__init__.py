@@ -1,6 +1,6 @@
 """vlmlens: mechanistic interpretability for vision-language models.
 
-Example:
+Examples:
     >>> from vlmlens import HookedVLM, Site
     >>> Site.parse("text.blocks.0.hook_resid_post").layer
     0

@@ -5,7 +5,7 @@ family's image token, cut into images by each image's token count, each image's
 patch grid, the last prompt position, the question span, the prefix segment of
 prefix-LM families and the padding mask.
 
-Example:
+Examples:
     >>> import torch
     >>> from vlmlens.layout import TokenLayout
     >>> ids = torch.tensor([[0, 0, 5, 9, 9, 9, 9, 7, 8]])

@@ -1,6 +1,6 @@
 """HookedVLM: one named-hook model over LLaVA, PaliGemma and Qwen2-VL, built on nnsight.
 
-Example:
+Examples:
     >>> from vlmlens.testing import tiny_vlm, tiny_images
     >>> model = tiny_vlm("llava")
     >>> batch = model.prepare(tiny_images(1), ["Is there a cat in the image?"])
@@ -436,7 +436,7 @@ class HookedVLM(TLSurface):
     def hooks(self, interventions: Sequence[Any], batch: Batch | None = None) -> contextlib.AbstractContextManager:
         """A context manager applying interventions to every forward inside it.
 
-        Example:
+        Examples:
             >>> with model.hooks([Ablate(site="text.blocks.0.hook_attn_out")], batch):
             ...     logits = model.forward(batch)
 

@@ -10,7 +10,7 @@ config), since the real tokenizers cannot be fetched either. :func:`save_real_sh
 writes one to a directory that ``HookedVLM.from_pretrained(path)`` loads like a
 downloaded checkpoint.
 
-Example:
+Examples:
     >>> path = save_real_shape("paligemma", "/tmp/pg-3b-shape", text_layers=1, vision_layers=1)  # doctest: +SKIP
     >>> HookedVLM.from_pretrained(path)  # doctest: +SKIP
 """

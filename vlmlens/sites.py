@@ -9,7 +9,7 @@ TransformerLens-style name researchers know, prefixed by the tower::
     vision.blocks.0.mlp.hook_post         vision MLP neurons
     projector.hook_out                    projected image features
 
-Example:
+Examples:
     >>> from vlmlens import Site
     >>> site = Site.parse("text.blocks.3.hook_resid_post")
     >>> site.layer, site.short

@@ -1,6 +1,6 @@
 """Tiny in-memory models and images for tests, docs and examples (offline, seconds).
 
-Example:
+Examples:
     >>> from vlmlens.testing import tiny_hf, tiny_images
     >>> model, processor = tiny_hf("llava")
     >>> inputs = processor(images=tiny_images(1), text=["USER: <image>\\nIs there a cat?\\nASSISTANT:"],
@@ -93,7 +93,7 @@ def tiny_vlm(
 ) -> HookedVLM:
     """A tiny random HookedVLM of a family, built offline (see :func:`tiny_hf`).
 
-    Example:
+    Examples:
         >>> model = tiny_vlm("paligemma")
         >>> model.n_layers
         2

@@ -22,7 +22,7 @@ Unlike TL's ``from_pretrained``, nothing is folded into the weights: the model c
 exactly what the Hugging Face model computes, and the norms' gains live in
 :func:`vlmlens.ops.apply_ln_to_stack` and in :meth:`TLSurface.tokens_to_residual_directions`.
 
-Example:
+Examples:
     >>> from vlmlens.testing import tiny_vlm, tiny_images
     >>> model = tiny_vlm("llava")
     >>> batch = model.prepare(tiny_images(1), ["Is there a cat?"])
@@ -68,7 +68,7 @@ def get_act_name(name: str, layer: int | None = None, layer_type: str | None = N
     it; ``"scale"`` with ``layer_type="ln1"``/``"ln2"``, or no layer for the final norm); other
     towers keep their prefix and vlmlens's short names. The name is checked to be a site.
 
-    Example:
+    Examples:
         >>> get_act_name("resid_pre", 3), get_act_name("pattern", 1), get_act_name("post", 0)
         ('blocks.3.hook_resid_pre', 'blocks.1.attn.hook_pattern', 'blocks.0.mlp.hook_post')
         >>> get_act_name("q", 0), get_act_name("scale", 2, "ln1"), get_act_name("scale")

@@ -1,6 +1,6 @@
 """vlmlens.data: POPE questions, SynthPOPE scenes, answer parsing, metrics and prompts.
 
-Example:
+Examples:
     >>> from vlmlens.data import synth_pope, parse_yes_no, pope_metrics
     >>> ds = synth_pope("adversarial", n_images=3)
     >>> preds = [parse_yes_no("Yes.") for _ in ds]

@@ -1,6 +1,6 @@
 """POPE's answer parser and metrics, kept exactly as the benchmark defines them.
 
-Example:
+Examples:
     >>> preds = [parse_yes_no(t) for t in ["Yes.", "No, there is not.", "yes"]]
     >>> preds
     ['yes', 'no', 'yes']
@@ -38,7 +38,7 @@ def parse_yes_no(text: str) -> Literal["yes", "no"]:
     Raises:
         TypeError: If ``text`` is not a string.
 
-    Example:
+    Examples:
         >>> [parse_yes_no(t) for t in ["No.", "Yes, there is no dog", "NO", ""]]
         ['no', 'no', 'yes', 'yes']
     """
@@ -155,7 +155,7 @@ def pope_metrics(predictions: Sequence[str], labels: Sequence[str]) -> PopeMetri
         DataError: If the lengths differ, the inputs are empty, or a value is not
             ``"yes"``/``"no"``.
 
-    Example:
+    Examples:
         >>> m = pope_metrics(["yes", "yes", "no", "no"], ["yes", "no", "no", "yes"])
         >>> (m.tp, m.fp, m.tn, m.fn), m.accuracy, m.yes_ratio
         ((1, 1, 1, 1), 0.5, 0.5)

@@ -3,7 +3,7 @@
 ``vlmlens data synth --split adversarial --images 500 --seed 0 --size 64 --out DIR``
 writes a SynthPOPE split in POPE format (see :meth:`SynthPope.export`).
 
-Example:
+Examples:
     >>> import argparse
     >>> parser = argparse.ArgumentParser(prog="vlmlens")
     >>> _ = add_parser(parser.add_subparsers(dest="command"))

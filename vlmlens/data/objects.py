@@ -5,7 +5,7 @@ inside its bounding box; its shape and texture are functions of the box-normalis
 coordinates ``u, v`` in ``(-1, 1)`` (``u`` to the right, ``v`` downwards), so the same
 box always gives the same pixels. Colours are RGB in 0..255.
 
-Example:
+Examples:
     >>> from vlmlens.data.objects import KINDS, article
     >>> KINDS["apple"].shape, article("apple"), article("cup")
     ('disk', 'an', 'a')
@@ -173,7 +173,7 @@ def box_coords(x0: int, y0: int, x1: int, y1: int) -> tuple[_Grid, _Grid]:
     Returns:
         ``(u, v)``, each of shape ``(y1 - y0, x1 - x0)``, in ``(-1, 1)``.
 
-    Example:
+    Examples:
         >>> u, v = box_coords(0, 0, 4, 2)
         >>> u.shape, float(u[0, 0]), float(v[1, 0])
         ((2, 4), -0.75, 0.5)
@@ -197,7 +197,7 @@ def shape_mask(name: str, bbox: tuple[int, int, int, int]) -> Bool[np.ndarray, "
     Raises:
         DataError: If ``name`` is not a known kind.
 
-    Example:
+    Examples:
         >>> bool(shape_mask("laptop", (0, 0, 3, 3)).all())
         True
     """
@@ -299,7 +299,7 @@ def get_kind(name: str) -> ObjectKind:
     Raises:
         DataError: If the name is unknown; the message lists the known names.
 
-    Example:
+    Examples:
         >>> get_kind("bus").texture
         'vstripes'
     """
@@ -330,7 +330,7 @@ def article(name: str) -> Literal["a", "an"]:
     Returns:
         ``"an"`` before a vowel letter, else ``"a"``.
 
-    Example:
+    Examples:
         >>> article("umbrella"), article("bus")
         ('an', 'a')
     """
@@ -340,7 +340,7 @@ def article(name: str) -> Literal["a", "an"]:
 def pope_question(name: str) -> str:
     """The exact POPE question for an object name.
 
-    Example:
+    Examples:
         >>> pope_question("egg")
         'Is there an egg in the image?'
     """

@@ -8,7 +8,7 @@ A POPE question file is JSON Lines (despite the ``.json`` suffix), one question 
 :func:`load_pope` checks every line and raises :class:`~vlmlens.errors.DataError` naming
 the file and the 1-based line number of the first bad one; nothing is silently dropped.
 
-Example:
+Examples:
     >>> import json, tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
     >>> row = {"question_id": 1, "image": "a.jpg", "text": "Is there a dog in the image?", "label": "no"}
@@ -54,7 +54,7 @@ _QUESTION = re.compile(r"^Is there an? (?P<object>.+?) in the image\?$")
 def parse_object_name(question: str) -> str | None:
     """The object of a POPE question ``"Is there a/an X in the image?"``, else ``None``.
 
-    Example:
+    Examples:
         >>> parse_object_name("Is there a dining table in the image?")
         'dining table'
         >>> parse_object_name("What colour is the bus?") is None
@@ -107,7 +107,7 @@ class PopeDataset:
         split: ``"random"``, ``"popular"``, ``"adversarial"`` or ``None`` when unknown.
         truths: Per-image ground truth by image name (SynthPOPE only), else ``None``.
 
-    Example:
+    Examples:
         >>> ds = PopeDataset(items=(PopeItem(question_id=1, image="a.jpg",
         ...                  text="Is there a cat in the image?", label="yes"),))
         >>> [it.label for it in ds], ds.ground_truth("a.jpg") is None
@@ -271,7 +271,7 @@ class PopeDataset:
 def split_from_filename(path: str | Path) -> str | None:
     """Infer the split from a file name like ``coco_pope_adversarial.json`` or ``random.json``.
 
-    Example:
+    Examples:
         >>> split_from_filename("coco_pope_popular.json"), split_from_filename("q.json")
         ('popular', None)
     """

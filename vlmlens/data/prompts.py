@@ -11,7 +11,7 @@ Each template is the exact input handed to the family's Hugging Face processor:
   {"type": "text", "text": question}]}]``, to pass through
   ``processor.apply_chat_template(messages, add_generation_prompt=True)``.
 
-Example:
+Examples:
     >>> format_prompt("llava", "Is there a cup in the image?")
     'USER: <image>\\nIs there a cup in the image?\\nASSISTANT:'
     >>> format_prompt("paligemma", "Is there a cup in the image?", suffix=True)
@@ -86,7 +86,7 @@ def format_prompt(family: str, question: str, *, suffix: bool = False) -> str | 
     Raises:
         DataError: On an unknown family (the message lists the known ones).
 
-    Example:
+    Examples:
         >>> format_prompt("qwen2_vl", "Is there a bus in the image?")[0]["content"][1]
         {'type': 'text', 'text': 'Is there a bus in the image?'}
     """

@@ -5,7 +5,7 @@ painted in order, each inside its box; then Gaussian pixel noise is added. Noise
 from a generator seeded by ``(seed, crc32(image_id))``, so an image depends only on its
 truth and the render settings, never on which other images were made before it.
 
-Example:
+Examples:
     >>> from vlmlens.data.scene import SceneObject, SceneTruth
     >>> t = SceneTruth(image_id="a.png", size=(16, 16), scene_type="park",
     ...                objects=(SceneObject(name="ball", bbox=(4, 4, 12, 12)),))

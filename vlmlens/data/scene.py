@@ -5,7 +5,7 @@ each with an integer bounding box. Because every SynthPOPE shape is a fixed func
 its box, the visible pixel mask of each object follows from the truth alone; no pixel
 arrays are stored, and a truth read back from ``truth.json`` gives the same masks.
 
-Example:
+Examples:
     >>> from vlmlens.data.scene import SceneObject, SceneTruth
     >>> truth = SceneTruth(
     ...     image_id="demo.png", size=(8, 8), scene_type="kitchen",
@@ -152,7 +152,7 @@ class SceneTruth:
         Raises:
             DataError: If the object is absent, or the grid is finer than the image.
 
-        Example:
+        Examples:
             >>> t = SceneTruth(image_id="x.png", size=(4, 4), scene_type="office",
             ...                objects=(SceneObject(name="phone", bbox=(2, 0, 4, 4)),))
             >>> t.patch_mask("phone", grid=(1, 2)).tolist()

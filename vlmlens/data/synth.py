@@ -14,7 +14,7 @@ about absent ones, chosen per split:
 The yes questions and the images are identical across splits for the same config.
 Everything is seeded: the same config gives byte-identical images and questions.
 
-Example:
+Examples:
     >>> ds = synth_pope("popular", n_images=4, seed=1)
     >>> len(ds), ds.labels[:2], ds[0].text.startswith("Is there a")
     (24, ('yes', 'no'), True)
@@ -182,7 +182,7 @@ def synth_pope(
     Raises:
         DataError: On an unknown split or an invalid knob (the message names it).
 
-    Example:
+    Examples:
         >>> ds = synth_pope("random", 2, image_size=32, object_scale=(0.2, 0.3), noise=0.0)
         >>> len(ds), ds.array(0).shape
         (12, (32, 32, 3))
@@ -212,7 +212,7 @@ def synth_pope(
 def load_synth(directory: str | Path, split: Split = "adversarial") -> PopeDataset:
     """Read back a :meth:`SynthPope.export` folder as a dataset with ground truth.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> d = tempfile.mkdtemp()
         >>> _ = synth_pope("random", 2).export(d)

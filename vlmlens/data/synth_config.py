@@ -1,6 +1,6 @@
 """Configuration of SynthPOPE generation: one frozen, validated dataclass.
 
-Example:
+Examples:
     >>> from vlmlens.data.synth_config import SynthConfig
     >>> SynthConfig(image_size=96).clutter
     (3, 5)
@@ -48,7 +48,7 @@ class SynthConfig:
         off_scene_rate: Chance that an object comes from outside its scene type.
         scene_background: Tint each backdrop by scene type (a context cue); else grey.
 
-    Example:
+    Examples:
         >>> SynthConfig(image_size=96, noise=0.0).object_scale
         (0.18, 0.3)
     """

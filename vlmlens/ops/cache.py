@@ -59,7 +59,7 @@ class ActivationCache(Mapping):
         grads: with ``run_with_cache(..., grad=metric)``, the metric's gradients, keyed alike.
         model: the model it came from (for the TransformerLens-style analysis methods).
 
-    Example:
+    Examples:
         >>> cache["text.blocks.0.hook_resid_post"] is cache["resid_post", 0]
         True
     """

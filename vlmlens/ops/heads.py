@@ -9,7 +9,7 @@ and which layers carry information from one token group to another.
   key group is knocked out (scores masked to -inf) in a window of layers, per layer or per
   (layer, head): where does the image reach the answer, the question reach the image, etc.
 
-Example:
+Examples:
     >>> scores = visual_heads(model, batch, queries="question")
     >>> scores.top(3)                                  # [((layer, head), mass), ...]
     >>> flow = knockout_flow(model, batch, metric, queries="last", keys="image", window=2)
@@ -148,8 +148,9 @@ def knockout_flow(model: Any, batch: Any, metric: Any, *, queries: Positions = "
 
     Args:
         metric: ``metric(logits, batch) -> scalar`` (e.g. ``logit_diff(yes, no)``).
-        queries, keys: token groups (``"last"``, ``"question"``, ``"image"``, indices, masks,
+        queries: the query token group (``"last"``, ``"question"``, ``"image"``, indices, masks,
             ``ImagePatches``).
+        keys: the key token group, in the same forms.
     """
     from vlmlens.ops.interventions import BlockAttention
     from vlmlens.ops.sweep import sweep

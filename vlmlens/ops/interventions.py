@@ -12,7 +12,7 @@ positions (zero ablation, a steering vector, a per-unit mean) applies at every
 position the model processes, generated ones included. This is exactly what the same
 edit does when the whole sequence is recomputed without a KV cache at every step.
 
-Example:
+Examples:
     >>> from vlmlens.ops import Ablate, run_with_interventions
     >>> logits = run_with_interventions(model, batch, [Ablate("text.blocks.0.attn.hook_z", heads=(1,))])
 """
@@ -301,7 +301,7 @@ class Hook(Intervention):
     :class:`HookInfo`; it returns a new activation of the same shape, or ``None`` to keep
     what it edited in place. Any custom edit can be written this way, without subclassing.
 
-    Example:
+    Examples:
         >>> def double(resid, hook):
         ...     return 2 * resid
         >>> logits = run_with_interventions(model, batch, [Hook(site="blocks.0.hook_resid_post", fn=double)])
@@ -347,7 +347,7 @@ class AtSteps(Intervention):
     it would act on unwrapped, in those forwards only. Outside generation a forward is
     step 0.
 
-    Example:
+    Examples:
         >>> steer = Steer(site="text.blocks.1.hook_resid_pre", vector=v)
         >>> model.generate(batch, max_new_tokens=5, interventions=[AtSteps(interventions=(steer,), steps=(2, 3))])
     """

@@ -20,7 +20,7 @@ of the residual at layer ``l`` and position ``p`` if it stopped there? It applie
 final norm to each layer's residual (recomputing its RMS) and unembeds, at any positions,
 including image tokens (what does patch ``(r, c)`` "mean" at layer ``l``).
 
-Example:
+Examples:
     >>> from vlmlens.testing import tiny_vlm, tiny_images
     >>> model = tiny_vlm("llava")
     >>> batch = model.prepare(tiny_images(1), ["Is there a cat?"])

@@ -8,7 +8,7 @@ to metric values at once, so memory stays bounded. Clean and corrupt batches mus
 one token layout (same length, same image-token positions), e.g. the same questions
 over two images of the same size, or two questions of equal token count.
 
-Example:
+Examples:
     >>> from vlmlens.testing import tiny_vlm, tiny_images
     >>> model = tiny_vlm("llava")
     >>> q = ["Is there a cat in the image?"]
@@ -135,7 +135,7 @@ def logit_diff(yes_ids: int | Sequence[int], no_ids: int | Sequence[int]) -> Met
     Returns:
         ``metric(logits, batch) -> 0-d tensor``.
 
-    Example:
+    Examples:
         >>> from vlmlens.testing import tiny_vlm, tiny_images
         >>> model = tiny_vlm("paligemma")
         >>> batch = model.prepare(tiny_images(2), ["Is there a cat?", "Is there a dog?"])

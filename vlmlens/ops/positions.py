@@ -30,7 +30,7 @@ class ImagePatches:
         patches: per sample a list of ``(row, col)``, or a ``batch rows cols`` bool mask.
         image: which image of each sample.
 
-    Example:
+    Examples:
         >>> Ablate(site="vision.blocks.3.hook_resid_post", positions=ImagePatches([[(0, 1)], [(2, 2)]]))  # doctest: +SKIP
     """
 

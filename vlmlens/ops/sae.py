@@ -12,7 +12,7 @@ Exactness: with ``keep_error=True`` the site becomes ``x + decode(f') - decode(f
 (``f = encode(x)``, ``f'`` the edited features), so with no feature edit it is ``x``
 bit for bit, and a feature edit moves the activation by exactly the decoder's change.
 
-Example:
+Examples:
     >>> splice = Splice(site="text.blocks.0.hook_resid_post", sae=sae, ablate=(3, 17), keep_error=True)
     >>> logits = run_with_interventions(model, batch, [splice])
     >>> feats = sae_features(model, batch, "text.blocks.0.hook_resid_post", sae, positions="last")

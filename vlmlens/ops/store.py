@@ -11,7 +11,7 @@ one shard (plus one batch) is held in memory, whatever the dataset size.
 :class:`ActivationStore` reads a store back: ``load(site)`` gives ``n ...`` for all
 samples in stored order, ``iter_batches(site, batch_size)`` streams it.
 
-Example:
+Examples:
     >>> import tempfile
     >>> from vlmlens.data import synth_pope
     >>> from vlmlens.testing import tiny_vlm

@@ -3,7 +3,7 @@
 Importing :mod:`vlmlens.viz` does not import plotly; the first use of a figure
 function does. Plotly is needed only for figures.
 
-Example:
+Examples:
     >>> import vlmlens.viz
     >>> callable(vlmlens.viz.patching_heatmap)
     True

@@ -5,7 +5,7 @@ Every function takes ``results = {"models": {name: per-model results}}`` (what
 ``plotly.graph_objects.Figure``. Layers are drawn on a normalised depth axis
 (layer / (n_layers - 1)) so families of different depth compare.
 
-Example:
+Examples:
     >>> figs = vrp_figures({"models": {}})
     >>> sorted(figs)[:3]
     ['ablation', 'attention_examples', 'consistency']

@@ -1,6 +1,6 @@
 """Plotly heatmaps of patching results and other ``y x`` grids.
 
-Example:
+Examples:
     >>> import torch
     >>> fig = grid_heatmap(torch.tensor([[0.0, 1.0], [-1.0, 0.5]]), x=["a", "b"], y=[0, 1], x_title="pos")
     >>> type(fig).__name__

@@ -2,7 +2,7 @@
 
 plotly.js is embedded once (the page works offline); the other figures reuse it.
 
-Example:
+Examples:
     >>> html = report_html({"models": {}}, summary="# VRP summary\\n\\n| a | b |\\n|---|---|\\n| 1 | 2 |\\n")
     >>> html.count("<table>"), "<script src" in html
     (1, False)

@@ -12,7 +12,7 @@ compare the first-token accuracy with the clean run:
 The plan (layer, rankings, random sets) is made once from the finished per-sample store,
 saved to ``plan.json``, and turned into conditions run with :func:`vlmlens.ops.sweep`.
 
-Example:
+Examples:
     >>> rng = np.random.default_rng(0)
     >>> x = rng.normal(size=(200, 6)); y = x[:, 4] > 0
     >>> int(rank_dimensions(x, y)[0])

@@ -5,7 +5,7 @@ Each function reads the ``samples.csv`` frame (and feature shards) written by
 of them into the plain JSON that ``results.json`` holds. A statistic that is undefined on
 the data (e.g. R_pb when every answer is correct) is reported as a string saying why.
 
-Example:
+Examples:
     >>> import pandas as pd
     >>> frame = pd.DataFrame({"correct": [1, 0, 1, 0, 1, 0], "x": [3.0, 1, 2.5, 0.5, 2, 1]})
     >>> round(correlations(frame, ["x"], n_resamples=50)["x"].r, 3)

@@ -56,7 +56,7 @@ def spatial_entropy(m: Float[ArrayOrTensor, "rows cols"], *, normalized: bool = 
         DataError: if the map is not 2-D, has negative / non-finite values or is all
             zero, or ``normalized`` is asked for a single-patch map.
 
-    Example:
+    Examples:
         >>> round(spatial_entropy(np.ones((4, 4)), normalized=True), 6)
         1.0
     """
@@ -94,7 +94,7 @@ def cluster_count(
     Raises:
         DataError: on an invalid map or parameter.
 
-    Example:
+    Examples:
         >>> m = np.zeros((10, 10)); m[0:3, 0:3] = 1; m[6:9, 6:9] = 1
         >>> cluster_count(m)
         2
@@ -129,7 +129,7 @@ def entropy_evolution(
     Raises:
         DataError: if ``maps`` is not 3-D or any map is invalid.
 
-    Example:
+    Examples:
         >>> maps = np.stack([np.ones((2, 2)), np.eye(2)])
         >>> h, dh = entropy_evolution(maps)
         >>> np.round(dh, 3).tolist()
@@ -155,7 +155,7 @@ def object_attention_mass(
     Raises:
         DataError: if shapes differ, the mask is not binary or selects no patch.
 
-    Example:
+    Examples:
         >>> object_attention_mass(np.ones((2, 2)), np.eye(2, dtype=bool))
         0.5
     """
@@ -175,7 +175,7 @@ def object_attention_mass(
 def default_layers(n_layers: int) -> range:
     """The default layer range for M: the second half of the layers (0-based).
 
-    Example:
+    Examples:
         >>> default_layers(32)
         range(16, 32)
     """
@@ -207,7 +207,7 @@ def aggregate_attention(
         DataError: if the grid does not match the token count, a layer index is out of
             range or repeated, or the attention is negative / non-finite / all zero.
 
-    Example:
+    Examples:
         >>> m = aggregate_attention(np.ones((4, 2, 6)), (2, 3))
         >>> m.shape, round(float(m.sum()), 6)
         ((2, 3), 1.0)

@@ -2,7 +2,7 @@
 
 Defaults follow the paper (VRP.md); the fields marked **choice** fill its gaps.
 
-Example:
+Examples:
     >>> config = VRPConfig(consistency=ConsistencyConfig(k=5, ks=(5,)))
     >>> config.consistency.k_max, config.masking.fraction
     (5, 0.3)
@@ -171,7 +171,7 @@ class DestructionConfig:
     def counts(self, width: int) -> tuple[int, ...]:
         """Dimensions destroyed at each point of the curve for a ``width``-wide site, sorted.
 
-        Example:
+        Examples:
             >>> DestructionConfig().counts(128)
             (1, 5, 6, 13, 32, 64, 96)
         """

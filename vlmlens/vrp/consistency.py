@@ -41,7 +41,7 @@ def normalize_answer(text: str, *, yes_no: bool = False) -> str:
     Raises:
         TypeError: if ``text`` is not a string.
 
-    Example:
+    Examples:
         >>> normalize_answer("  A red Car! ")
         'a red car'
     """
@@ -68,7 +68,7 @@ def consistency_score(answers: Sequence[str], *, yes_no: bool = False) -> tuple[
     Raises:
         DataError: if ``answers`` is empty or a bare string.
 
-    Example:
+    Examples:
         >>> consistency_score(["Red.", "red", "blue", "Red"])
         ('red', 0.75)
     """
@@ -97,7 +97,7 @@ def token_confidence(logprobs: Float[ArrayOrTensor, " token"] | Sequence[float])
     Raises:
         DataError: if empty, not 1-D, non-finite, or a value is positive (not a log-prob).
 
-    Example:
+    Examples:
         >>> round(token_confidence([np.log(0.5), np.log(0.25)]), 4)
         -1.0397
     """

@@ -1,6 +1,6 @@
 """``summary.md``: the paper's headline table with our value, CI and n beside the paper's.
 
-Example:
+Examples:
     >>> paired_diff_ci({"b": 3, "c": 1, "n": 20})
     (-9.1, 29.1)
 """

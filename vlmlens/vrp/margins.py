@@ -73,7 +73,7 @@ def truth_margin(
     Raises:
         DataError: on NaN logits, empty / out-of-range ids, or ids covering the vocab.
 
-    Example:
+    Examples:
         >>> logits = np.array([[0.0, 1.0, 3.0], [0.0, 4.0, 3.0]])
         >>> truth_margin(logits, {1}).tolist()
         [-2.0, 1.0]
@@ -106,7 +106,7 @@ def yes_no_margin(
     Raises:
         DataError: on NaN logits, empty / out-of-range / overlapping ids.
 
-    Example:
+    Examples:
         >>> logits = np.array([[2.0, 0.0, 1.0, 5.0]])
         >>> yes_no_margin(logits, [0, 1], [2]).tolist()
         [1.0]
@@ -136,7 +136,7 @@ def margin_gain(
     Raises:
         DataError: if the shapes differ, n = 0, or values are non-finite.
 
-    Example:
+    Examples:
         >>> margin_gain(np.array([[1.0, 3.0]]), np.array([[1.0, 1.0]])).tolist()
         [0.0, 2.0]
     """
@@ -169,7 +169,7 @@ def peak_visual_layer(
     Raises:
         DataError: as :func:`margin_gain`.
 
-    Example:
+    Examples:
         >>> peak_visual_layer(np.array([[0.0, 2.0, 1.0]]), np.zeros((1, 3)))
         1
     """

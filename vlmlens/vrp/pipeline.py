@@ -59,7 +59,7 @@ FEATURES = {"resid": Point.RESID_POST, "mlp_out": Point.MLP_OUT, "mlp_post": Poi
 def mask_column(kind: str, fraction: float) -> str:
     """Column of ``samples.csv`` holding the first-token correctness under one mask.
 
-    Example:
+    Examples:
         >>> mask_column("top", 0.3)
         'mask_top_30_correct'
     """

@@ -50,7 +50,7 @@ class ProbeConfig:
         n_resamples: Bootstrap resamples of the AUROC CI.
         max_iter: Iteration cap of the logistic solver.
 
-    Example:
+    Examples:
         >>> ProbeConfig(kind="mlp", mlp_epochs=10).C
         0.1
     """
@@ -252,7 +252,7 @@ def train_probe(
         DataError: if shapes disagree, values are non-finite, labels are not binary or a
             class has too few samples for the stratified split.
 
-    Example:
+    Examples:
         >>> rng = np.random.default_rng(0)
         >>> x = rng.normal(size=(100, 4)); y = x[:, 0] > 0
         >>> train_probe(x, y, ProbeConfig(n_resamples=100)).auroc.auroc > 0.95
@@ -299,7 +299,7 @@ def probe_layers(
     Raises:
         DataError: as :func:`train_probe`, or if ``concat_last`` < 1.
 
-    Example:
+    Examples:
         >>> rng = np.random.default_rng(0)
         >>> x = rng.normal(size=(3, 80, 4)); y = x[2, :, 0] > 0
         >>> probe_layers(x, y, ProbeConfig(n_resamples=50), concat_last=2).best_layer
@@ -354,7 +354,7 @@ def rank_dimensions_l1(
     Raises:
         DataError: on bad shapes, non-finite values, non-binary or single-class labels.
 
-    Example:
+    Examples:
         >>> rng = np.random.default_rng(0)
         >>> x = rng.normal(size=(200, 5)); y = x[:, 3] > 0
         >>> int(rank_dimensions_l1(x, y)[0])

@@ -1,6 +1,6 @@
 """``vlmlens.vrp.run``: every VRP measurement over (model, dataset), for notebooks and the CLI.
 
-Example:
+Examples:
     >>> import vlmlens.vrp as vrp
     >>> from vlmlens.testing import tiny_vlm
     >>> from vlmlens.data import synth_pope

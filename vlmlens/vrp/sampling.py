@@ -10,7 +10,7 @@ temperature and nucleus (top-p) sampling.
 Sampling noise is drawn per question from a generator seeded by ``(seed, question key)``,
 so a question's samples do not depend on which batch it was in.
 
-Example:
+Examples:
     >>> from vlmlens.testing import tiny_vlm, tiny_images
     >>> model = tiny_vlm("llava")
     >>> batch = model.prepare(tiny_images(2), ["Is there a cat?", "Is there a dog?"], suffix=True)
@@ -84,7 +84,7 @@ def sample_top_p(
     Raises:
         DataError: on a non-positive temperature or ``top_p`` outside (0, 1].
 
-    Example:
+    Examples:
         >>> logits = torch.tensor([[0.0, 10.0, 0.0]])
         >>> sample_top_p(logits, torch.tensor([0.99]), temperature=1.0, top_p=0.9).tolist()
         [1]

@@ -114,7 +114,7 @@ def fisher_ci(r: float, n: int, level: float = 0.95) -> tuple[float, float]:
     Raises:
         DataError: if ``r`` is outside [-1, 1], ``n`` <= 3 or ``level`` outside (0, 1).
 
-    Example:
+    Examples:
         >>> [round(v, 3) for v in fisher_ci(0.001, 3090)]
         [-0.034, 0.036]
     """
@@ -154,7 +154,7 @@ def bootstrap_ci(
     Raises:
         DataError: if no array is given, lengths differ, n < 2, or no resample is finite.
 
-    Example:
+    Examples:
         >>> lo, hi = bootstrap_ci(np.mean, np.arange(100.0), n_resamples=200)
         >>> lo < 49.5 < hi
         True
@@ -237,7 +237,7 @@ def point_biserial(
         DataError: if the inputs are unpaired, non-binary, non-finite, n < 4, the
             outcome has a single class, or the measurement is constant.
 
-    Example:
+    Examples:
         >>> y = np.array([0, 0, 1, 1, 0, 1] * 5)
         >>> round(point_biserial(y, y + 0.1 * np.arange(30), n_resamples=50).r, 2)
         0.56
@@ -329,7 +329,7 @@ def auroc_ci(
         DataError: if the inputs are unpaired, non-binary or non-finite, the labels hold
             a single class, or every resample held a single class.
 
-    Example:
+    Examples:
         >>> auroc_ci(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])).auroc
         0.75
     """
@@ -406,7 +406,7 @@ def mcnemar_exact(
     Raises:
         DataError: if the inputs are unpaired, empty or not binary.
 
-    Example:
+    Examples:
         >>> r = mcnemar_exact(np.array([1, 1, 1, 1, 0]), np.array([0, 0, 0, 1, 0]))
         >>> (r.b, r.c, r.p_value)
         (3, 0, 0.25)

@@ -6,7 +6,7 @@ A run's folder holds ``samples.csv`` (one row per question, phase 1), ``interven
 only when all its rows are in the table, and its feature shard is written before its rows,
 so a run killed at any point resumes by redoing only the unfinished batches.
 
-Example:
+Examples:
     >>> import tempfile
     >>> store = SampleStore(Path(tempfile.mkdtemp()))
     >>> store.append("samples", 0, [{"question_id": 1, "batch": 0, "x": 0.5}])

@@ -6,7 +6,7 @@ random models used in tests (see :mod:`vlmlens.testing`). Zoo v2, the controlled
 experiment (three arms that differ only in fusion), is trained by
 :func:`vlmlens.zoo.fusion.train_fusion`.
 
-Example:
+Examples:
     >>> from vlmlens.zoo import load_pretrained
     >>> model, processor = load_pretrained("toy-llava")  # doctest: +SKIP
 """

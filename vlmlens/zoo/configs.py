@@ -11,7 +11,7 @@ Three sizes per family:
 Token ids in the configs are read from the family's tokenizer, so a config always
 matches the tokenizer it was built with.
 
-Example:
+Examples:
     >>> from vlmlens.zoo.configs import build_config
     >>> cfg = build_config("llava", "tiny")
     >>> cfg.text_config.num_key_value_heads

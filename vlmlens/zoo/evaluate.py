@@ -1,6 +1,6 @@
 """Evaluate a zoo model on SynthPOPE with greedy decoding and POPE's own metrics.
 
-Example:
+Examples:
     >>> from vlmlens.zoo.evaluate import evaluate
     >>> print(evaluate("toy-llava", "adversarial", n_images=20))  # doctest: +SKIP
     n=120 acc=...

@@ -17,7 +17,7 @@ What differs is the fusion:
   (Qwen2-VL's stage 1), then everything learns together; causal, M-RoPE, images kept at
   their own size (the training scenes come at 48 and 64 px).
 
-Example:
+Examples:
     >>> from vlmlens.zoo.fusion import FUSION_RECIPES
     >>> [s.name for s in FUSION_RECIPES["llava"].stages]
     ['lm-text', 'align', 'instruct']

@@ -10,7 +10,7 @@ installed. Without torchvision, transformers cannot build a Qwen2-VL processor a
 (it insists on a video processor, which needs torchvision); :func:`load_processor`
 then builds the same ``Qwen2VLProcessor`` without one, which is all images need.
 
-Example:
+Examples:
     >>> from vlmlens.zoo.io import load_pretrained
     >>> model, processor = load_pretrained("toy-llava")  # doctest: +SKIP
 """

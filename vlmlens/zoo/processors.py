@@ -4,7 +4,7 @@ The image processors are the PIL backends (``CLIPImageProcessorPil`` etc.): they
 what ``CLIPImageProcessor`` falls back to without torchvision, and they save and load
 through ``AutoProcessor`` like the originals.
 
-Example:
+Examples:
     >>> from vlmlens.zoo.processors import build_processor
     >>> proc = build_processor("llava", image_size=32, patch_size=8)
     >>> type(proc).__name__

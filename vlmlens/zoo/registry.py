@@ -1,6 +1,6 @@
 """The toy zoo: names, families and where each shipped checkpoint lives.
 
-Example:
+Examples:
     >>> from vlmlens.zoo.registry import ZOO, checkpoint_path
     >>> sorted(ZOO)
     ['toy-llava', 'toy-paligemma', 'toy-qwen2vl']

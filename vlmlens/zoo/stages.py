@@ -5,7 +5,7 @@ A zoo v2 recipe (:mod:`vlmlens.zoo.fusion`) is a sequence of :class:`Stage` valu
 example kinds it samples, and whether the images are withheld (text-only language-model
 pre-training on the same questions and answers).
 
-Example:
+Examples:
     >>> from vlmlens.zoo.stages import Stage
     >>> Stage(name="align", steps=100, lr=2e-3, train=("projector",), caption_rate=1.0).train
     ('projector',)

@@ -5,7 +5,7 @@ vocabulary of a few hundred entries is enough and keeps the embedding tables sma
 Each family gets the special tokens its Hugging Face processor expects, wrapped in a
 :class:`~transformers.PreTrainedTokenizerFast`, which every processor accepts.
 
-Example:
+Examples:
     >>> from vlmlens.zoo.tokenizer import build_tokenizer
     >>> tok = build_tokenizer("llava")
     >>> tok.convert_ids_to_tokens(tok("USER: <image>\\nIs there a cat?")["input_ids"])

@@ -1,6 +1,6 @@
 """Train a toy zoo model on SynthPOPE, reproducibly, on a CPU.
 
-Example:
+Examples:
     >>> from vlmlens.zoo.train import train
     >>> result = train("llava", "/tmp/toy-llava", seed=0, steps=50)  # doctest: +SKIP
     >>> result.seconds < 900  # doctest: +SKIP
