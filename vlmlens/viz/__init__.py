@@ -1,7 +1,7 @@
-"""vlmlens.viz: plotly figures, imported lazily.
+"""vlmlens.viz: plotly figures, and matplotlib drawings over the picture, imported lazily.
 
-Importing :mod:`vlmlens.viz` does not import plotly; the first use of a figure
-function does. Plotly is needed only for figures.
+Importing :mod:`vlmlens.viz` imports neither plotly nor matplotlib; the first use of a
+figure function does. ``patch_overlay`` and ``layout_overlay`` draw with matplotlib.
 
 Examples:
     >>> import vlmlens.viz
@@ -14,10 +14,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["grid_heatmap", "patching_heatmap"]
+__all__ = ["grid_heatmap", "layout_overlay", "patch_overlay", "patching_heatmap"]
 
 # Function names differ from submodule names: importing a submodule sets it as a package attribute.
-_LAZY = {"grid_heatmap": "vlmlens.viz.heatmap", "patching_heatmap": "vlmlens.viz.heatmap"}
+_LAZY = {"grid_heatmap": "vlmlens.viz.heatmap", "patching_heatmap": "vlmlens.viz.heatmap",
+         "patch_overlay": "vlmlens.viz.overlay", "layout_overlay": "vlmlens.viz.overlay"}
 
 
 def __getattr__(name: str) -> Any:
