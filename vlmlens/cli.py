@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -21,6 +22,7 @@ _COMMANDS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlmlens", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars (sets TQDM_DISABLE=1)")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module in _COMMANDS.values():
         try:
@@ -36,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if args.quiet:
+        os.environ["TQDM_DISABLE"] = "1"  # the process is this command: every bar reads it (vlmlens.progress)
     import transformers
 
     transformers.logging.set_verbosity_error()

@@ -38,12 +38,12 @@ from jaxtyping import Int
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from vlmlens.errors import DataError, InputError, SiteNotFoundError
 from vlmlens.inputs import Batch
 from vlmlens.ops.cache import SiteSpec, run_with_cache, select_sites
 from vlmlens.ops.positions import Positions
+from vlmlens.progress import progress_bar
 from vlmlens.sites import Site, Tower
 
 __all__ = ["STORE_FORMAT", "ActivationStore", "StoreInfo", "write_store"]
@@ -168,8 +168,8 @@ def write_store(
         logger.info("resuming %s: %d of %d samples already stored", out, len(items) - len(todo), len(items))
 
     writer = _ShardWriter(out, manifest, chosen, shard_size)
-    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"store {out.name}", unit="sample",
-               disable=not progress)
+    bar = progress_bar(total=len(items), initial=len(items) - len(todo), desc=f"store {out.name}", unit="sample",
+                       progress=progress)
     with bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]

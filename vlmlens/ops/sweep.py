@@ -12,8 +12,9 @@ from vlmlens.context import Call
 from vlmlens.errors import InputError
 from vlmlens.inputs import Batch
 from vlmlens.ops.interventions import Intervention, applied
+from vlmlens.progress import progress_bar
 
-__all__ = ["sweep", "repeat_batch"]
+__all__ = ["repeat_batch", "sweep"]
 
 
 def repeat_batch(batch: Batch, copies: int) -> Batch:
@@ -32,6 +33,7 @@ def sweep(
     *,
     chunk_size: int = 8,
     reduce: Callable[[torch.Tensor, Batch], torch.Tensor] | None = None,
+    progress: bool | None = None,
 ) -> torch.Tensor:
     """Run each condition (a list of interventions) on the same inputs.
 
@@ -46,6 +48,8 @@ def sweep(
         chunk_size: conditions per forward.
         reduce: ``reduce(logits, batch) -> tensor`` applied to each condition's logits on the
             model's device (e.g. a patching metric), so only its result is copied to the CPU.
+        progress: a progress bar over the stacked forwards (``None``: when there are at least
+            8 of them, e.g. a patching sweep; see :mod:`vlmlens.progress`).
 
     Returns:
         Logits ``condition batch seq vocab`` on the CPU, or with ``reduce`` the stacked
@@ -60,7 +64,9 @@ def sweep(
                          "(e.g. [[], [Ablate(...)]]; [] is the clean run)")
     size = len(batch)
     out = []
-    for start in range(0, len(conditions), chunk_size):
+    starts = range(0, len(conditions), chunk_size)
+    for start in progress_bar(starts, desc=f"sweep: {len(conditions)} conditions", unit="forward", progress=progress,
+                              leave=False):
         chunk = conditions[start : start + chunk_size]
         stacked = repeat_batch(batch, len(chunk))
         with contextlib.ExitStack() as stack:

@@ -30,10 +30,10 @@ import pandas as pd
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
-from tqdm.auto import tqdm
 
 from vlmlens.errors import DataError
 from vlmlens.ops import Ablate, sweep
+from vlmlens.progress import progress_bar
 from vlmlens.sites import Point, Site, Tower
 from vlmlens.vrp.config import AblationConfig, DestructionConfig, LayerChoice, VRPConfig
 from vlmlens.vrp.pipeline import AnswerTokens, batches_of
@@ -218,7 +218,7 @@ def _interventions(plan: Mapping[str, Any], config: VRPConfig) -> tuple[list[str
 
 
 def run_interventions(model: Any, dataset: Any, config: VRPConfig, store: SampleStore, plan: Mapping[str, Any],
-                      *, name: str = "model") -> SampleStore:
+                      *, name: str = "model", progress: bool | None = None) -> SampleStore:
     """Run every planned condition on every question; rows go to ``interventions.csv``.
 
     Finished batches are kept (a killed run resumes); first-token answers are scored with
@@ -231,6 +231,7 @@ def run_interventions(model: Any, dataset: Any, config: VRPConfig, store: Sample
         store: The run's store.
         plan: From :func:`make_plan`.
         name: Shown on the progress bar.
+        progress: Show it (``None``: for at least 8 batches; :mod:`vlmlens.progress`).
 
     Returns:
         ``store``.
@@ -242,7 +243,7 @@ def run_interventions(model: Any, dataset: Any, config: VRPConfig, store: Sample
         return store
     tokens = AnswerTokens.of(model)
     names, conditions = _interventions(plan, config)
-    for index, chunk in tqdm(todo, desc=f"VRP {name}: ablations", unit="batch"):
+    for index, chunk in progress_bar(todo, desc=f"VRP {name}: ablations", unit="batch", progress=progress):
         batch = model.prepare([dataset.image(item) for item in chunk], [item.text for item in chunk], suffix=config.suffix)
         logits = sweep(model, batch, conditions, chunk_size=max(1, 64 // len(chunk)))
         rows = [{"question_id": item.question_id, "batch": index} for item in chunk]

@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from vlmlens.data import parse_yes_no
 from vlmlens.errors import DataError
 from vlmlens.ops import MaskPixels, run_with_cache, sweep, top_patches
+from vlmlens.progress import progress_bar
 from vlmlens.sites import Point, Site, Tower
 from vlmlens.vrp.attention import (
     aggregate_attention,
@@ -231,7 +231,7 @@ def measure_batch(model: Any, dataset: Any, chunk: Sequence[Any], config: VRPCon
 
 
 def run_samples(model: Any, dataset: Any, config: VRPConfig, store: SampleStore, *, resume: bool = False,
-                name: str = "model") -> SampleStore:
+                name: str = "model", progress: bool | None = None) -> SampleStore:
     """The per-sample pass over ``dataset``, appended batch by batch to ``store``.
 
     Args:
@@ -241,6 +241,7 @@ def run_samples(model: Any, dataset: Any, config: VRPConfig, store: SampleStore,
         store: Where rows and features go.
         resume: Continue a table that exists (finished batches are kept, others redone).
         name: Shown on the progress bar.
+        progress: Show it (``None``: for at least 8 batches; :mod:`vlmlens.progress`).
 
     Returns:
         ``store``.
@@ -259,7 +260,7 @@ def run_samples(model: Any, dataset: Any, config: VRPConfig, store: SampleStore,
     if not todo:
         return store
     tokens = AnswerTokens.of(model)
-    for index, chunk in tqdm(todo, desc=f"VRP {name}: per-sample", unit="batch"):
+    for index, chunk in progress_bar(todo, desc=f"VRP {name}: per-sample", unit="batch", progress=progress):
         rows, arrays = measure_batch(model, dataset, chunk, config, tokens, index)
         store.append("samples", index, rows, arrays)
     return store

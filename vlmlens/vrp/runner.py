@@ -85,14 +85,14 @@ class VRPResult:
 
 
 def _measure(model: Any, dataset: Any, config: VRPConfig, store: SampleStore, *, name: str,
-             resume: bool) -> tuple[dict[str, Any], pd.DataFrame]:
+             resume: bool, progress: bool | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
     """Run (or resume) both phases into ``store``: the JSON-ready results and the per-sample table.
 
     Raises:
         DataError: if the store exists and ``resume`` is false, or the store's plan was made
             with other settings.
     """
-    run_samples(model, dataset, config, store, resume=resume, name=name)
+    run_samples(model, dataset, config, store, resume=resume, name=name, progress=progress)
     qids = [item.question_id for item in dataset.items]
     frame = store.read("samples", qids)
     metrics = pope_metrics(frame["answer"].tolist(), frame["label"].tolist())
@@ -106,7 +106,7 @@ def _measure(model: Any, dataset: Any, config: VRPConfig, store: SampleStore, *,
         "consistency": to_jsonable(consistency_summary(frame, config)),
         "masking": to_jsonable(masking_summary(frame, config)),
     }
-    phase2, table = _interventions(model, dataset, config, store, frame, name=name,
+    phase2, table = _interventions(model, dataset, config, store, frame, name=name, progress=progress,
                                    best_probe=probes.best_layer(), peak_visual=margins.peak_visual_layer)
     out.update(phase2)
     out["examples"] = examples(frame, config.n_examples)
@@ -116,8 +116,8 @@ def _measure(model: Any, dataset: Any, config: VRPConfig, store: SampleStore, *,
 
 
 def _interventions(model: Any, dataset: Any, config: VRPConfig, store: SampleStore, frame: pd.DataFrame, *,
-                   name: str, best_probe: int | None,
-                   peak_visual: int) -> tuple[dict[str, Any], pd.DataFrame | None]:
+                   name: str, best_probe: int | None, peak_visual: int,
+                   progress: bool | None = None) -> tuple[dict[str, Any], pd.DataFrame | None]:
     if not config.interventions:
         skipped = "skipped: VRPConfig.interventions is False"
         return {"ablation": skipped, "destruction": skipped}, None
@@ -132,7 +132,7 @@ def _interventions(model: Any, dataset: Any, config: VRPConfig, store: SampleSto
         raise DataError(f"{store.folder / 'plan.json'} was made with other settings or data than this run; "
                         "use another --out, or delete the folder to start over.")
     store.write_json("plan", to_jsonable(plan))
-    run_interventions(model, dataset, config, store, plan, name=name)
+    run_interventions(model, dataset, config, store, plan, name=name, progress=progress)
     table = store.read("interventions", frame["question_id"].tolist())
     first = frame["first_correct"].to_numpy()
     destruction = destruction_result(first, table, plan, mode=config.destruction.mode)
@@ -150,7 +150,7 @@ def _interventions(model: Any, dataset: Any, config: VRPConfig, store: SampleSto
 
 
 def run(model: Any, dataset: Any, config: VRPConfig | None = None, *, out: Path | str | None = None,
-        name: str | None = None, resume: bool = False) -> VRPResult:
+        name: str | None = None, resume: bool = False, progress: bool | None = None) -> VRPResult:
     """Every VRP measurement of ``model`` on ``dataset``.
 
     Args:
@@ -160,6 +160,8 @@ def run(model: Any, dataset: Any, config: VRPConfig | None = None, *, out: Path 
         out: Folder for the per-sample store; ``None`` uses a temporary folder, deleted after.
         name: The model's name in tables (default: its family).
         resume: Continue the store in ``out``.
+        progress: progress bars per pass (``None``: for passes of at least 8 batches; see
+            :mod:`vlmlens.progress`).
 
     Returns:
         A :class:`VRPResult`.
@@ -171,12 +173,12 @@ def run(model: Any, dataset: Any, config: VRPConfig | None = None, *, out: Path 
     name = name or model.family
     if out is None:
         with tempfile.TemporaryDirectory(prefix="vrp-") as tmp:
-            return _run(model, dataset, config, SampleStore(Path(tmp)), name, resume, keep=False)
-    return _run(model, dataset, config, SampleStore(Path(out)), name, resume, keep=True)
+            return _run(model, dataset, config, SampleStore(Path(tmp)), name, resume, keep=False, progress=progress)
+    return _run(model, dataset, config, SampleStore(Path(out)), name, resume, keep=True, progress=progress)
 
 
 def _run(model: Any, dataset: Any, config: VRPConfig, store: SampleStore, name: str, resume: bool,
-         keep: bool) -> VRPResult:
-    results, samples = _measure(model, dataset, config, store, name=name, resume=resume)
+         keep: bool, progress: bool | None) -> VRPResult:
+    results, samples = _measure(model, dataset, config, store, name=name, resume=resume, progress=progress)
     return VRPResult(name=name, results=results, samples=samples, config=config,
                      folder=store.folder if keep else None, dataset=dataset)

@@ -21,6 +21,7 @@ Examples:
 
 from __future__ import annotations
 
+import inspect
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -171,7 +172,8 @@ def decode_shared(
         prefill["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         out = hf(**inputs, **prefill, use_cache=True)
-        cache = out.past_key_values
+        cache_arg = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+        cache = out[cache_arg]  # transformers renamed past_key_values to cache (5.2x); both run
         cache.batch_repeat_interleave(copies)
         offsets = _offsets(model, size, copies) + real.repeat_interleave(copies, 0)
         logits = out.logits[:, -1].float().repeat_interleave(copies, 0)
@@ -188,8 +190,8 @@ def decode_shared(
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
             position = (offsets + step).to(device)
-            out = hf(input_ids=token[:, None].to(device), attention_mask=mask, past_key_values=cache,
-                     position_ids=position, use_cache=True)
+            out = hf(input_ids=token[:, None].to(device), attention_mask=mask, position_ids=position, use_cache=True,
+                     **{cache_arg: cache})
             logits = out.logits[:, -1].float()
     tokens = torch.stack(chosen, 1).view(size, copies, -1).tolist()
     greedy_lp = torch.stack(logprobs, 1).numpy()

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, ProcessorMixin
 
 from vlmlens.data import (
@@ -26,6 +25,7 @@ from vlmlens.data import (
     synth_pope,
 )
 from vlmlens.data.pope import Split
+from vlmlens.progress import progress_bar
 from vlmlens.zoo.data import prompt_text
 from vlmlens.zoo.errors import ZooError
 from vlmlens.zoo.io import load_pretrained, read_meta, resolve
@@ -123,7 +123,7 @@ def evaluate(
     predictions: list[str] = []
     items = list(ds.items)
     cache: dict[str, Image.Image] = {}
-    bar = tqdm(range(0, len(items), batch_size), desc=f"eval {folder.name} {split}", disable=not progress)
+    bar = progress_bar(range(0, len(items), batch_size), desc=f"eval {folder.name} {split}", progress=progress)
     for start in bar:
         chunk = items[start : start + batch_size]
         images = [cache.setdefault(i.image, ds.image(i)) for i in chunk]

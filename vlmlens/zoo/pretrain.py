@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from tqdm.auto import tqdm
 
+from vlmlens.progress import progress_bar
 from vlmlens.zoo.data import TrainSet, cell_labels
 from vlmlens.zoo.tokenizer import Family
 
@@ -149,7 +149,7 @@ def pretrain_vision_tower(
     p_acc: list[float] = []
     l_acc: list[float] = []
     tower.train()
-    bar = tqdm(range(steps), desc=f"{family}: vision tower", disable=not progress, leave=False)
+    bar = progress_bar(range(steps), desc=f"{family}: vision tower", progress=progress, leave=False)
     for _ in bar:
         if pos + batch_size > len(order):
             order, pos = rng.permutation(len(ts.pixels)), 0

@@ -22,8 +22,8 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from vlmlens.progress import progress_bar
 from vlmlens.zoo.data import TrainSet, collate
 from vlmlens.zoo.errors import ZooError
 from vlmlens.zoo.pretrain import optimizer_step, warmup_cosine
@@ -218,7 +218,7 @@ def run_stage(
     sampler = Sampler(ts, batch_size, rates, [seed, 17, index])
     _train_mode(family, model, stage.train)
     losses: list[float] = []
-    bar = tqdm(range(stage.steps), desc=f"{family}: {stage.name}", disable=not progress, leave=False)
+    bar = progress_bar(range(stage.steps), desc=f"{family}: {stage.name}", progress=progress, leave=False)
     for step in bar:
         batch = collate(ts, sampler.next(), text_only=stage.text_only)
         for key in AUX_KEYS:

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 import transformers
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from vlmlens.data import SynthConfig
+from vlmlens.progress import progress_bar
 from vlmlens.zoo.configs import Size, build_config, dims
 from vlmlens.zoo.data import DataConfig, TrainSet, build_train_set, collate
 from vlmlens.zoo.errors import ZooError, check_family
@@ -320,7 +320,7 @@ def _main_stage(
     sampler = Sampler(ts, r.batch_size, rates, [seed, 17])
     _train_mode(family, model, r)
     losses: list[float] = []
-    bar = tqdm(range(r.steps), desc=f"{family}: main stage", disable=not progress, leave=False)
+    bar = progress_bar(range(r.steps), desc=f"{family}: main stage", progress=progress, leave=False)
     for step in bar:
         batch = collate(ts, sampler.next())
         pos, asked, presence = batch.pop("aux_pos"), batch.pop("aux_asked"), batch.pop("aux_presence")
