@@ -15,7 +15,7 @@ saved to ``plan.json``, and turned into conditions run with :func:`vlmlens.ops.s
 Examples:
     >>> rng = np.random.default_rng(0)
     >>> x = rng.normal(size=(200, 6)); y = x[:, 4] > 0
-    >>> int(rank_dimensions(x, y)[0])
+    >>> int(rank_dimensions(x, y, k=1)[0])
     4
 """
 
@@ -31,13 +31,13 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from vlmlens.errors import DataError
+from vlmlens.circuits.probe import l1_path
+from vlmlens.errors import DataError, InputError
 from vlmlens.ops import Ablate, sweep
 from vlmlens.progress import progress_bar
 from vlmlens.sites import Point, Site, Tower
 from vlmlens.vrp.config import AblationConfig, DestructionConfig, LayerChoice, VRPConfig
 from vlmlens.vrp.pipeline import AnswerTokens, batches_of
-from vlmlens.vrp.probes import _l1_logistic
 from vlmlens.vrp.stats import McNemar, as_binary, as_finite, mcnemar_exact
 from vlmlens.vrp.store import SampleStore
 
@@ -59,23 +59,27 @@ ABLATION_POINTS = {"mlp_out": Point.MLP_OUT, "mlp_post": Point.MLP_POST}
 """Feature name -> site of the neuron ablation: MLP output dims and true MLP neurons."""
 
 
-def rank_dimensions(features: np.ndarray, labels: np.ndarray, *, C: float = 0.1, seed: int = 0) -> np.ndarray:
-    """All dimensions ranked by |L1-probe weight|, ties (zeros) broken by |L2-probe weight|.
+def rank_dimensions(features: np.ndarray, labels: np.ndarray, *, k: int, C: float = 0.1, seed: int = 0) -> np.ndarray:
+    """All dimensions ranked: the first ``k`` by their entry on the L1 path, the rest by |L2 weight|.
 
-    The order of the dimensions L1 keeps equals :func:`vlmlens.vrp.probes.rank_dimensions_l1`;
-    the L2 weights only order the rest, which matters when half the width is destroyed.
+    The L1 path (:func:`vlmlens.circuits.probe.l1_path`) lowers the penalty until exactly
+    ``k`` or more dimensions are in, so the top ``k`` are never a tie-break among zero
+    weights; the L2 probe only orders the remaining dimensions (which matters when half
+    the width is destroyed).
 
     Args:
         features: ``(batch, feature)``, e.g. one layer's MLP output at the last position.
         labels: Whether each answer was correct, ``(batch,)``, both classes present.
-        C: Inverse regularisation strength of both probes (standardised inputs).
+        k: How many dimensions the L1 path must choose (the largest k ablated).
+        C: Inverse regularisation strength of the L2 probe that orders the rest.
         seed: Solver seed.
 
     Returns:
         Dimension indices, most important first (int64).
 
     Raises:
-        DataError: on bad shapes, non-finite values or single-class labels.
+        DataError: on bad shapes, non-finite values, single-class labels, or an L1 path that
+            cannot reach ``k`` dimensions.
     """
     x = as_finite(features, name="features", ndim=2)
     y = as_binary(labels, name="labels")
@@ -83,10 +87,15 @@ def rank_dimensions(features: np.ndarray, labels: np.ndarray, *, C: float = 0.1,
         raise DataError(f"features ({len(x)}) and labels ({len(y)}) must be paired.")
     if y.all() or not y.any():
         raise DataError(f"labels hold a single class (all {bool(y[0])}); there is nothing to rank by.")
-    z = StandardScaler().fit_transform(x)
-    l1 = np.abs(_l1_logistic(C, seed).fit(z, y).coef_[0])
-    l2 = np.abs(LogisticRegression(C=C, max_iter=1000, random_state=seed).fit(z, y).coef_[0])
-    return np.lexsort((np.arange(len(l1)), -l2, -l1)).astype(np.int64)
+    try:
+        path = l1_path(x, y.astype(int), min(k, x.shape[1]), seed=seed)
+    except InputError as err:
+        raise DataError(f"ranking by the L1 path failed: {err}") from err
+    first = [int(d) for d in path.order[: min(k, x.shape[1])]]
+    l2 = np.abs(LogisticRegression(C=C, max_iter=1000, random_state=seed).fit(StandardScaler().fit_transform(x), y)
+                .coef_[0])
+    rest = [int(d) for d in np.lexsort((np.arange(len(l2)), -l2)) if int(d) not in set(first)]
+    return np.array(first + rest, dtype=np.int64)
 
 
 def random_dims(width: int, count: int, *, seed: int, stream: Sequence[int]) -> list[int]:
@@ -176,7 +185,7 @@ def make_plan(store: SampleStore, frame: pd.DataFrame, config: VRPConfig, *, bes
 
 def _ablation_conditions(name: str, site: str, x: np.ndarray, labels: np.ndarray, config: AblationConfig,
                          ks: Sequence[int], seed: int) -> list[Condition]:
-    ranking = rank_dimensions(x, labels, C=config.C, seed=seed)
+    ranking = rank_dimensions(x, labels, k=max(ks), C=config.C, seed=seed)
     stream = 1 + list(ABLATION_POINTS).index(name)
     out = []
     for k in sorted(ks):
@@ -192,7 +201,7 @@ def _ablation_conditions(name: str, site: str, x: np.ndarray, labels: np.ndarray
 
 def _destruction_conditions(site: str, x: np.ndarray, labels: np.ndarray, config: DestructionConfig,
                             seed: int) -> list[Condition]:
-    ranking = rank_dimensions(x, labels, C=config.C, seed=seed)
+    ranking = rank_dimensions(x, labels, k=min(config.counts(x.shape[1])), C=config.C, seed=seed)
     perms = [np.random.default_rng([seed, 3, draw]).permutation(x.shape[1]) for draw in range(config.random_draws)]
     out = []
     for count in config.counts(x.shape[1]):

@@ -113,7 +113,8 @@ class AblationConfig:
             only, to bound the run time); must include ``k``.
         random_draws: Random control sets per k (their drops are averaged).
         layer: Target layer (**choice**: the best residual-probe layer).
-        C: Inverse L1 strength of the ranking probe.
+        C: Inverse strength of the L2 probe that orders the dimensions after the L1 path's top k
+            (the top k come from the L1 path, :func:`vlmlens.circuits.probe.l1_path`).
     """
 
     k: int = 5
@@ -144,7 +145,8 @@ class DestructionConfig:
         mode: ``"zero"`` or ``"mean"`` (the dataset mean at the last position).
         layer: Target layer (**choice**: the best probe layer).
         random_draws: Random control sets per point of the curve.
-        C: Inverse L1 strength of the ranking probe.
+        C: Inverse strength of the L2 probe that orders the dimensions after the L1 path's top k
+            (the top k come from the L1 path, :func:`vlmlens.circuits.probe.l1_path`).
     """
 
     n_dims: int = 5

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from vlmlens.data import parse_yes_no
-from vlmlens.errors import DataError
+from vlmlens.errors import DataError, InputError
 from vlmlens.ops import MaskPixels, run_with_cache, sweep, top_patches
 from vlmlens.progress import progress_bar
 from vlmlens.sites import Point, Site, Tower
@@ -95,23 +95,18 @@ class AnswerTokens:
     @classmethod
     def of(cls, model: Any) -> AnswerTokens:
         """Read them from a model's tokenizer."""
+        from vlmlens.circuits.behaviour import AnswerIds
+
         tokenizer = model.tokenizer
-        special = set(tokenizer.all_special_ids)
-
-        def ids(words: tuple[str, ...]) -> tuple[int, ...]:
-            found = set()
-            for word in words:
-                for text in (word, " " + word):
-                    tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
-                    if len(tokens) == 1 and tokens[0] not in special:
-                        found.add(tokens[0])
-            return tuple(sorted(found))
-
         vocab = model.unembed.weight.shape[0]
         texts = tokenizer.batch_decode([[t] for t in range(min(vocab, len(tokenizer)))], skip_special_tokens=True)
         by_token = np.ones(vocab, dtype=np.int8)
         by_token[: len(texts)] = [parse_yes_no(t) == "yes" for t in texts]
-        return cls(yes=ids(("yes", "Yes", "YES")), no=ids(("no", "No", "NO")), by_token=by_token)
+        try:
+            answers = AnswerIds.of(model)
+        except InputError:  # no single-token spelling on one side: __post_init__ says so in VRP's words
+            return cls(yes=(), no=(), by_token=by_token)
+        return cls(yes=answers.yes, no=answers.no, by_token=by_token)
 
     def first_answers(self, logits: torch.Tensor, last: Sequence[int]) -> list[str]:
         """POPE answer of the argmax token at each sample's last prompt position."""

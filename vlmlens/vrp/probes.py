@@ -11,13 +11,13 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-import sklearn
 import torch
 from jaxtyping import Float, Shaped
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
+from vlmlens.circuits.probe import l1_logistic
 from vlmlens.errors import DataError
 from vlmlens.vrp.stats import (
     AUROC,
@@ -322,14 +322,6 @@ def probe_layers(
     )
 
 
-def _l1_logistic(C: float, seed: int) -> LogisticRegression:
-    # scikit-learn 1.8 deprecated `penalty` in favour of `l1_ratio`.
-    version = tuple(int(v) for v in sklearn.__version__.split(".")[:2])
-    if version >= (1, 8):
-        return LogisticRegression(C=C, l1_ratio=1.0, solver="liblinear", random_state=seed)
-    return LogisticRegression(C=C, penalty="l1", solver="liblinear", random_state=seed)
-
-
 def rank_dimensions_l1(
     features: Float[ArrayOrTensor, "batch feature"],
     labels: Shaped[ArrayOrTensor, " batch"],
@@ -367,7 +359,7 @@ def rank_dimensions_l1(
     check_same_length(features=x, labels=y)
     if y.all() or not y.any():
         raise DataError(f"labels hold a single class (all {bool(y[0])}); nothing to rank by.")
-    weights = _l1_logistic(C, seed).fit(StandardScaler().fit_transform(x), y).coef_[0]
+    weights = l1_logistic(C, seed).fit(StandardScaler().fit_transform(x), y).coef_[0]
     if not weights.any():
         logger.warning("L1 probe (C=%s) zeroed every weight; the ranking is index order.", C)
     return np.argsort(-np.abs(weights), kind="stable").astype(np.int64)

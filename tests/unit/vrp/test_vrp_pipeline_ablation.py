@@ -63,16 +63,35 @@ def planted(tmp_path_factory):
     return plan, table, frame["correct"].to_numpy(), config
 
 
-def test_rank_dimensions_finds_the_planted_dimension_and_breaks_l1_ties_by_l2() -> None:
+def test_rank_dimensions_takes_the_top_k_from_the_l1_path_and_orders_the_rest_by_l2() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 10))
     y = (2 * x[:, 7] + 0.6 * x[:, 2] + 0.3 * rng.normal(size=300)) > 0
-    ranking = rank_dimensions(x, y, C=0.005)  # so strong that L1 keeps only dimension 7
-    assert ranking[0] == 7
-    assert ranking[1] == 2  # a zero L1 weight, ranked by its L2 weight
+    ranking = rank_dimensions(x, y, k=1)
+    assert ranking[0] == 7  # the first to enter the L1 path
+    assert ranking[1] == 2  # the rest by |L2 weight|
     assert sorted(ranking.tolist()) == list(range(10))
+    assert rank_dimensions(x, y, k=2)[:2].tolist() == [7, 2]
     with pytest.raises(DataError, match="single class"):
-        rank_dimensions(x, np.ones(300, dtype=bool))
+        rank_dimensions(x, np.ones(300, dtype=bool), k=1)
+
+
+def test_rank_dimensions_at_n60_chooses_k_units_where_a_fixed_c_kept_none() -> None:
+    """The audit's case: n=60, few errors, C=0.1 L1 kept zero dimensions, so the "top 5" was
+    index order. The path lowers the penalty until 5 dimensions are in."""
+    from vlmlens.circuits.probe import l1_logistic, l1_path
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 128))
+    y = np.zeros(60, dtype=bool)
+    y[rng.permutation(60)[:9]] = True  # 9 errors in 60, as a toy at 85% accuracy
+    z = StandardScaler().fit_transform(x)
+    assert np.count_nonzero(l1_logistic(0.1, 0).fit(z, y).coef_) == 0  # the old ranking: all zeros
+    path = l1_path(x, y.astype(int), 5)
+    assert path.n_selected >= 5 and np.isfinite(path.entry[path.order[:5]]).all()
+    ranking = rank_dimensions(x, y, k=5)
+    assert ranking[:5].tolist() == path.order[:5].tolist() and ranking[:5].tolist() != list(range(5))
 
 
 def test_random_dims_are_distinct_and_reproducible() -> None:
