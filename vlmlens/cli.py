@@ -1,4 +1,4 @@
-"""The ``vlmlens`` command line: ``vlmlens data ...``, ``vlmlens zoo ...``, ``vlmlens reproduce``."""
+"""The ``vlmlens`` command line: ``vlmlens data ...``, ``vlmlens zoo ...``, ``vlmlens reproduce``, ``vlmlens circuits ...``."""
 
 from __future__ import annotations
 
@@ -9,14 +9,26 @@ import os
 import sys
 from collections.abc import Sequence
 
-__all__ = ["main"]
+__all__ = ["load_model", "main"]
 
 # Subcommand -> module with add_parser(subparsers) and run(args) -> int. Imported lazily.
 _COMMANDS = {
     "data": "vlmlens.data.cli",
     "zoo": "vlmlens.zoo.cli",
     "reproduce": "vlmlens.vrp.cli",
+    "circuits": "vlmlens.circuits.cli",
 }
+
+
+def load_model(name: str) -> object:
+    """A model named on the command line: a zoo name, a path, a hub id, or ``tiny-<family>`` (random, tiny)."""
+    if name.startswith("tiny-"):
+        from vlmlens.testing import tiny_vlm
+
+        return tiny_vlm(name.removeprefix("tiny-"))
+    from vlmlens.model import HookedVLM
+
+    return HookedVLM.from_pretrained(name)
 
 
 def build_parser() -> argparse.ArgumentParser:

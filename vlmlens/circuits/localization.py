@@ -73,6 +73,9 @@ class Localization:
         n_layers: the model's text depth (for normalised depth).
         baseline: the ablation the ``atp`` / ``exact`` scores estimate or measure.
         provenance: the model, the ranking questions (source, n, images), target and settings.
+        by_image: the per-question scores summed per image (``provenance["images"]`` order),
+            so that statistics of the scores can be bootstrapped by image; ``None`` for the probe.
+        image_counts: questions per image, in the same order.
     """
 
     kind: str
@@ -83,6 +86,8 @@ class Localization:
     n_layers: int
     baseline: str = "zero"
     provenance: dict[str, Any] = field(default_factory=dict)
+    by_image: Float[Tensor, "image layer unit"] | None = field(default=None, repr=False)
+    image_counts: tuple[int, ...] = ()
 
     def ranked(self, layer: int | None = None) -> list[tuple[int, int]]:
         """All units ``(layer, index)`` by absolute score, largest first (of one layer, or all)."""
@@ -143,36 +148,54 @@ def _truth_ids(answers: AnswerIds, logits: Tensor, batch: Any, signs: Tensor) ->
     return torch.where(true_yes, yes, no), torch.where(true_yes, no, yes)
 
 
+class _ByImage:
+    """Per-image sums of per-question unit scores: ``image layer unit``."""
+
+    def __init__(self, behaviour: Behaviour) -> None:
+        self.images = tuple(sorted(set(behaviour.groups)))
+        where = {g: i for i, g in enumerate(self.images)}
+        self.index = torch.tensor([where[g] for g in behaviour.groups])
+        self.sums: Tensor | None = None
+
+    def add(self, rows: range, block: Float[Tensor, "batch layer unit"], layers: slice = slice(None)) -> None:
+        """Add each question's scores to its image (``layers``: the rows of the sums it fills)."""
+        block = block.detach().float().cpu()
+        if self.sums is None:
+            self.sums = torch.zeros(len(self.images), *block.shape[1:])
+        self.sums[:, layers].index_add_(0, self.index[list(rows)], block)
+
+    def start(self, n_layers: int, width: int) -> None:
+        """Allocate the sums up front (when layers are filled one at a time)."""
+        self.sums = torch.zeros(len(self.images), n_layers, width)
+
+
 def _dla(model: Any, behaviour: Behaviour, kind: str, layers: Sequence[int], answers: AnswerIds,
-         batch_size: int) -> Tensor:
+         batch_size: int, out: _ByImage) -> None:
     final_site = Site(Tower.TEXT, Point.RESID_POST, model.n_layers - 1)  # the final norm's real input
     if kind == "head":  # every head's write up to the deepest layer scored (stack_head_results reads them all)
         sites = [Site(Tower.TEXT, Point.RESULT, l) for l in range(max(layers) + 1)]
     else:
         sites = [unit_site(kind, l) for l in layers]
-    totals: Tensor | None = None
     for rows, batch in behaviour.batches(model, batch_size):
         logits, cache = run_with_cache(model, batch, sites=[*sites, final_site], positions="last")
         true, other = _truth_ids(answers, logits, batch, _signs(behaviour, rows))
         if kind == "head":
             heads = stack_head_results(model, cache, layer=max(layers) + 1)  # (layer head) batch d_model
             per_head = logit_attrs(model, cache, heads, true, other).view(max(layers) + 1, model.n_heads, -1)
-            block = per_head[list(layers)].sum(-1)  # layer head
+            block = per_head[list(layers)].permute(2, 0, 1)  # batch layer head
         elif kind == "neuron":
-            block = torch.stack([neuron_logit_attrs(model, cache, l, true, other).sum(0) for l in layers])
+            block = torch.stack([neuron_logit_attrs(model, cache, l, true, other) for l in layers], 1)
         else:
             weight = model.unembed.weight.detach().float()
             final = frozen_norm(model, cache)
-            block = torch.stack([(final(cache[unit_site(kind, l)]) * (weight[true] - weight[other]).to(
-                final.scale.device)).sum(0) for l in layers])  # layer d_model
-        totals = block.cpu() if totals is None else totals + block.cpu()
-    return totals / len(behaviour)
+            direction = (weight[true] - weight[other]).to(final.scale.device)
+            block = torch.stack([final(cache[unit_site(kind, l)]) * direction for l in layers], 1)  # batch layer d
+        out.add(rows, block)
 
 
 def _atp(model: Any, behaviour: Behaviour, kind: str, layers: Sequence[int], answers: AnswerIds,
-         means: dict[int, Tensor] | None, batch_size: int) -> Tensor:
+         means: dict[int, Tensor] | None, batch_size: int, out: _ByImage) -> None:
     sites = [unit_site(kind, l) for l in layers]
-    totals: Tensor | None = None
     for rows, batch in behaviour.batches(model, batch_size):
         signs = _signs(behaviour, rows)
 
@@ -184,30 +207,23 @@ def _atp(model: Any, behaviour: Behaviour, kind: str, layers: Sequence[int], ans
         for layer, site in zip(layers, sites, strict=True):
             act, grad = cache[site].float(), cache.grads[site].float()
             base = torch.zeros_like(act) if means is None else means[layer].to(act.device).expand_as(act)
-            per_layer.append(-_per_unit((base - act) * grad, kind).sum(0).cpu())
-        block = torch.stack(per_layer)
-        totals = block if totals is None else totals + block
-    return totals / len(behaviour)
+            per_layer.append(-_per_unit((base - act) * grad, kind))
+        out.add(rows, torch.stack(per_layer, 1))
 
 
 def _exact(model: Any, behaviour: Behaviour, kind: str, layers: Sequence[int], answers: AnswerIds,
-           baseline: str, means: dict[int, Tensor] | None, batch_size: int, chunk_size: int) -> Tensor:
-    rows_out = []
+           baseline: str, means: dict[int, Tensor] | None, batch_size: int, chunk_size: int, out: _ByImage) -> None:
     first = next(behaviour.batches(model, 1))[1]
     widths = {l: _per_unit(a, kind).shape[-1] for l, a in read_units(model, first, kind, layers)[1].items()}
-    for layer in layers:
-        total: Tensor | None = None
+    out.start(len(layers), max(widths.values()))
+    for row, layer in enumerate(layers):
         width = widths[layer]
         for rows, batch in behaviour.batches(model, batch_size):
             conditions = [[]] + [ablation(kind, {layer: [u]}, baseline, batch=batch, means=means) for u in range(width)]
-            signs = _signs(behaviour, rows)
             margins = sweep(model, batch, conditions, chunk_size=chunk_size, progress=False,
                             reduce=lambda logits, b: answers.margin(logits, b))  # condition batch
-            truth = margins * signs
-            drop = (truth[0] - truth[1:]).sum(-1)  # unit
-            total = drop if total is None else total + drop
-        rows_out.append(total / len(behaviour))
-    return torch.stack(rows_out)
+            truth = margins * _signs(behaviour, rows)
+            out.add(rows, (truth[0] - truth[1:]).T[:, None], slice(row, row + 1))  # batch 1 unit
 
 
 @no_type_check
@@ -251,23 +267,30 @@ def localize(model: Any, behaviour: Behaviour, *, kind: str = "neuron", method: 
                                   "family": model.family, "behaviour": behaviour.source, "n_questions": len(behaviour),
                                   "n_images": len(set(behaviour.groups)), "images": tuple(sorted(set(behaviour.groups))),
                                   "read_at": "last prompt position"}
+    by_image = _ByImage(behaviour)
     with torch.no_grad() if method != "atp" else torch.enable_grad():
         if method == "probe":
             scores, extra = _probe_scores(model, behaviour, kind, chosen_layers, answers, target, k, batch_size, seed)
             provenance |= extra
-        elif method == "dla":
-            scores = _dla(model, behaviour, kind, chosen_layers, answers, batch_size)
-        elif method == "atp":
-            scores = _atp(model, behaviour, kind, chosen_layers, answers, means, batch_size)
         else:
-            scores = _exact(model, behaviour, kind, chosen_layers, answers, baseline, means, batch_size, chunk_size)
+            if method == "dla":
+                _dla(model, behaviour, kind, chosen_layers, answers, batch_size, by_image)
+            elif method == "atp":
+                _atp(model, behaviour, kind, chosen_layers, answers, means, batch_size, by_image)
+            else:
+                _exact(model, behaviour, kind, chosen_layers, answers, baseline, means, batch_size, chunk_size,
+                       by_image)
+            scores = by_image.sums.sum(0) / len(behaviour)
     width = scores.shape[1]
     if not 1 <= k <= width * len(chosen_layers):
         raise InputError(f"k must be in 1..{width * len(chosen_layers)} (units scored), got {k}")
+    per_image = None if method == "probe" else by_image.sums
+    counts = tuple(int((by_image.index == i).sum()) for i in range(len(by_image.images)))
     found = Localization(kind=kind, method=method, layers=chosen_layers, scores=scores.float(), chosen=(),
                          n_layers=model.n_layers, baseline=baseline, provenance=provenance)
     return Localization(kind=kind, method=method, layers=chosen_layers, scores=scores.float(),
-                        chosen=tuple(found.top(k)), n_layers=model.n_layers, baseline=baseline, provenance=provenance)
+                        chosen=tuple(found.top(k)), n_layers=model.n_layers, baseline=baseline, provenance=provenance,
+                        by_image=per_image, image_counts=counts)
 
 
 def _probe_scores(model: Any, behaviour: Behaviour, kind: str, layers: Sequence[int], answers: AnswerIds,

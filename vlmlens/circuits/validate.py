@@ -61,6 +61,7 @@ class AblationPoint:
         accuracy_top: with the top ``k`` ablated.
         accuracy_random: with random units ablated (mean over draws).
         drop_pp: ``100 * (accuracy_clean - accuracy_top)``.
+        drop_ci: its bootstrap CI, resampling images.
         mcnemar_p: exact McNemar p of top-k vs clean.
         margin_change_top: mean change of the truth margin (negative = towards wrong).
         margin_change_random: the same for random units (mean over draws and questions).
@@ -79,6 +80,7 @@ class AblationPoint:
     accuracy_top: float
     accuracy_random: float
     drop_pp: float
+    drop_ci: tuple[float, float]
     mcnemar_p: float
     margin_change_top: float
     margin_change_random: float
@@ -247,6 +249,8 @@ def ablation_curve(model: Any, behaviour: Behaviour, found: Localization, *, ks:
         points.append(AblationPoint(
             k=kk, layer=layer, accuracy_clean=float((clean > 0).mean()), accuracy_top=float((top > 0).mean()),
             accuracy_random=float((rand > 0).mean()), drop_pp=test.drop_pp, mcnemar_p=test.p_value,
+            drop_ci=cluster_bootstrap_ci(100.0 * ((clean > 0).astype(float) - (top > 0)), groups,
+                                         n_resamples=n_resamples, seed=seed),
             margin_change_top=float((top - clean).mean()), margin_change_random=float((rand - clean).mean()),
             excess=float(excess.mean()),
             excess_ci=cluster_bootstrap_ci(excess, groups, n_resamples=n_resamples, seed=seed),

@@ -14,11 +14,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["grid_heatmap", "layout_overlay", "patch_overlay", "patching_heatmap"]
+__all__ = ["fusion_figures", "grid_heatmap", "layout_overlay", "patch_overlay", "patching_heatmap",
+           "write_fusion_report"]
 
 # Function names differ from submodule names: importing a submodule sets it as a package attribute.
 _LAZY = {"grid_heatmap": "vlmlens.viz.heatmap", "patching_heatmap": "vlmlens.viz.heatmap",
-         "patch_overlay": "vlmlens.viz.overlay", "layout_overlay": "vlmlens.viz.overlay"}
+         "patch_overlay": "vlmlens.viz.overlay", "layout_overlay": "vlmlens.viz.overlay",
+         "fusion_figures": "vlmlens.viz.circuits", "write_fusion_report": "vlmlens.viz.circuits"}
 
 
 def __getattr__(name: str) -> Any:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["markdown_to_html", "report_html", "write_report"]
+__all__ = ["markdown_to_html", "page_html", "report_html", "write_report"]
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -78,11 +78,16 @@ def report_html(results: Mapping[str, Any], *, summary: str | None = None,
 
     if summary is None:
         summary = summary_markdown(dict(results))
+    return page_html(title, summary, vrp_figures(results, datasets))
+
+
+def page_html(title: str, markdown: str, figures: Mapping[str, Any]) -> str:
+    """One self-contained page: ``markdown`` above the plotly ``figures`` (plotly.js embedded once)."""
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html_lib.escape(title)}</title>",
-             f"<style>{_STYLE}</style></head><body>", markdown_to_html(summary), "<h2>Figures</h2>"]
-    for i, (name, fig) in enumerate(vrp_figures(results, datasets).items()):
+             f"<style>{_STYLE}</style></head><body>", markdown_to_html(markdown), "<h2>Figures</h2>"]
+    for i, (name, fig) in enumerate(figures.items()):
         fig.update_layout(template="plotly_white")
-        parts.append(f"<div class='figure' id='{name}'>")
+        parts.append(f"<div class='figure' id='{html_lib.escape(name)}'>")
         parts.append(fig.to_html(full_html=False, include_plotlyjs=i == 0, div_id=f"fig-{name}"))
         parts.append("</div>")
     parts.append("</body></html>")

@@ -49,15 +49,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _load_model(name: str) -> Any:
-    if name.startswith("tiny-"):
-        from vlmlens.testing import tiny_vlm
-
-        return tiny_vlm(name.removeprefix("tiny-"))
-    from vlmlens.model import HookedVLM
-
-    return HookedVLM.from_pretrained(name)
-
 
 def _dataset(args: argparse.Namespace, n_images: int) -> Any:
     from vlmlens.data import load_pope, synth_pope
@@ -100,6 +91,7 @@ def reproduce(args: argparse.Namespace) -> dict[str, Any]:
     """
     import torch
 
+    from vlmlens.cli import load_model
     from vlmlens.vrp.analysis import to_jsonable
     from vlmlens.vrp.headline import summary_markdown
     from vlmlens.vrp.runner import run as run_vrp
@@ -120,7 +112,7 @@ def reproduce(args: argparse.Namespace) -> dict[str, Any]:
     for name in args.models:
         start = time.perf_counter()
         folder = args.out / name.replace("/", "__")
-        model = _load_model(name)
+        model = load_model(name)
         resume = args.resume or not (folder / "samples.csv").exists()
         result = run_vrp(model, dataset, config, out=folder, name=name, resume=resume)
         results["models"][name] = result.results
