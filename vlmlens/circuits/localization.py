@@ -42,7 +42,14 @@ from torch import Tensor
 
 from vlmlens.circuits.behaviour import AnswerIds, Behaviour
 from vlmlens.circuits.probe import l1_path
-from vlmlens.circuits.units import KINDS, ablation, check_layers, read_units, unit_site
+from vlmlens.circuits.units import (
+    KINDS,
+    ablation,
+    check_layers,
+    per_unit,
+    read_units,
+    unit_site,
+)
 from vlmlens.errors import InputError
 from vlmlens.ops.cache import run_with_cache
 from vlmlens.ops.logit_attribution import (
@@ -134,11 +141,6 @@ def unit_means(model: Any, behaviour: Behaviour, kind: str, layers: Sequence[int
     return {layer: total / len(behaviour) for layer, total in sums.items()}
 
 
-def _per_unit(act: Tensor, kind: str) -> Tensor:
-    """``batch unit`` from ``batch unit`` or ``batch head d_head`` (heads summed over d_head)."""
-    return act.sum(-1) if kind == "head" and act.dim() == 3 else act
-
-
 def _truth_ids(answers: AnswerIds, logits: Tensor, batch: Any, signs: Tensor) -> tuple[Tensor, Tensor]:
     """Per question, the true answer's and the other answer's dominant spelling (token ids)."""
     rows = answers.last_logits(logits, batch)
@@ -207,14 +209,14 @@ def _atp(model: Any, behaviour: Behaviour, kind: str, layers: Sequence[int], ans
         for layer, site in zip(layers, sites, strict=True):
             act, grad = cache[site].float(), cache.grads[site].float()
             base = torch.zeros_like(act) if means is None else means[layer].to(act.device).expand_as(act)
-            per_layer.append(-_per_unit((base - act) * grad, kind))
+            per_layer.append(-per_unit((base - act) * grad, kind))
         out.add(rows, torch.stack(per_layer, 1))
 
 
 def _exact(model: Any, behaviour: Behaviour, kind: str, layers: Sequence[int], answers: AnswerIds,
            baseline: str, means: dict[int, Tensor] | None, batch_size: int, chunk_size: int, out: _ByImage) -> None:
     first = next(behaviour.batches(model, 1))[1]
-    widths = {l: _per_unit(a, kind).shape[-1] for l, a in read_units(model, first, kind, layers)[1].items()}
+    widths = {l: per_unit(a, kind).shape[-1] for l, a in read_units(model, first, kind, layers)[1].items()}
     out.start(len(layers), max(widths.values()))
     for row, layer in enumerate(layers):
         width = widths[layer]
@@ -227,7 +229,7 @@ def _exact(model: Any, behaviour: Behaviour, kind: str, layers: Sequence[int], a
 
 
 @no_type_check
-def localize(model: Any, behaviour: Behaviour, *, kind: str = "neuron", method: str = "dla", k: int = 5,
+def localize(model: Any, behaviour: Behaviour, *, kind: str = "neuron", method: Method = "dla", k: int = 5,
              layers: Sequence[int] | None = None, target: str = "correct", baseline: str = "zero",
              batch_size: int = 8, chunk_size: int = 16, seed: int = 0) -> Localization:
     """Score every unit of ``kind`` in ``layers`` for the behaviour and choose the top ``k``.
@@ -263,7 +265,8 @@ def localize(model: Any, behaviour: Behaviour, *, kind: str = "neuron", method: 
     chosen_layers = check_layers(model, layers)
     answers = AnswerIds.of(model)
     means = unit_means(model, behaviour, kind, chosen_layers, batch_size=batch_size) if baseline == "mean" else None
-    provenance: dict[str, Any] = {"model": getattr(model, "name_or_path", type(model.hf_model).__name__),
+    name = getattr(model.hf_model.config, "_name_or_path", "") or type(model.hf_model).__name__
+    provenance: dict[str, Any] = {"model": name,
                                   "family": model.family, "behaviour": behaviour.source, "n_questions": len(behaviour),
                                   "n_images": len(set(behaviour.groups)), "images": tuple(sorted(set(behaviour.groups))),
                                   "read_at": "last prompt position"}

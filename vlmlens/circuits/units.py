@@ -33,7 +33,7 @@ from vlmlens.ops.cache import run_with_cache
 from vlmlens.ops.interventions import Ablate, Intervention, Patch
 from vlmlens.sites import Point, Site, Tower
 
-__all__ = ["KINDS", "Baseline", "UnitKind", "ablation", "read_units", "unit_site"]
+__all__ = ["KINDS", "Baseline", "UnitKind", "ablation", "per_unit", "read_units", "unit_site"]
 
 UnitKind = Literal["neuron", "mlp_out", "resid", "head"]
 Baseline = Literal["zero", "mean", "resample"]
@@ -58,6 +58,11 @@ def check_layers(model: Any, layers: Sequence[int] | None) -> tuple[int, ...]:
     if bad or not chosen:
         raise InputError(f"layers must be text layers 0..{n - 1}, got {list(layers) if layers is not None else []}")
     return chosen
+
+
+def per_unit(act: Tensor, kind: str) -> Tensor:
+    """``batch unit`` from ``batch unit``, or from ``batch head d_head`` for heads (summed over d_head)."""
+    return act.sum(-1) if kind == "head" and act.dim() == 3 else act
 
 
 def read_units(model: Any, batch: Batch, kind: str, layers: Sequence[int],

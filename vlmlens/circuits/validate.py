@@ -37,8 +37,8 @@ import pandas as pd
 import torch
 
 from vlmlens.circuits.behaviour import AnswerIds, Behaviour
-from vlmlens.circuits.localization import Localization, _per_unit
-from vlmlens.circuits.units import ablation, read_units
+from vlmlens.circuits.localization import Localization
+from vlmlens.circuits.units import ablation, per_unit, read_units
 from vlmlens.errors import InputError
 from vlmlens.ops.sweep import sweep
 from vlmlens.progress import progress_bar
@@ -212,7 +212,7 @@ def ablation_curve(model: Any, behaviour: Behaviour, found: Localization, *, ks:
         for layer in scored:
             acts[layer].append(per_layer[layer].cpu())
     acts = {l: torch.cat(v) for l, v in acts.items()}
-    magnitude = {l: _per_unit(a.abs(), found.kind).mean(0).numpy() for l, a in acts.items()}
+    magnitude = {l: per_unit(a.abs(), found.kind).mean(0).numpy() for l, a in acts.items()}
     means = {l: a.mean(0) for l, a in acts.items()}
     donors = _donors(behaviour.groups, seed) if baseline == "resample" else None
 
