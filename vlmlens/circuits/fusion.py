@@ -4,7 +4,8 @@
 same questions: rank units on one half of the images (:func:`~vlmlens.circuits.localize`),
 ablate the top k on the other half against matched random units
 (:func:`~vlmlens.circuits.ablation_curve`, k as counts and as fractions of the scored
-units), destroy growing fractions of the peak layer, and summarise
+units), ablate the top k within every layer (the effect by depth: the area under each
+layer's curve), destroy growing fractions of the peak layer, and summarise
 (:func:`~vlmlens.circuits.concentration`). Two statistics of the scores are bootstrapped
 by image, with the same resampled images for every model so that differences are paired:
 
@@ -19,7 +20,8 @@ under its own name.
 
 Examples:
     >>> from vlmlens.testing import tiny_vlm
-    >>> config = FusionConfig(n_images=4, ks=(1, 2), fractions=(), destroy=(0.5,), n_random=2, n_resamples=50)
+    >>> config = FusionConfig(n_images=4, ks=(1, 2), fractions=(), destroy=(0.5,), layer_ks=(1,), n_random=2,
+    ...                       n_resamples=50)
     >>> result = compare({"a": tiny_vlm("llava"), "b": tiny_vlm("paligemma")}, config)
     >>> sorted(result["models"]), "a vs b" in result["differences"]
     (['a', 'b'], True)
@@ -43,7 +45,7 @@ from vlmlens.circuits.validate import ablation_curve
 from vlmlens.data import synth_pope
 from vlmlens.errors import InputError
 
-__all__ = ["FusionConfig", "compare", "score_statistics"]
+__all__ = ["FusionConfig", "compare", "effect_by_depth", "score_statistics"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,6 +61,7 @@ class FusionConfig:
         ks: top-k counts ablated.
         fractions: top-k as fractions of the scored units (added to ``ks``).
         destroy: fractions of the peak layer's units destroyed (ranked vs random).
+        layer_ks: top-k within each layer, for the ablation effect by depth (``()``: skip).
         baseline: the ablation (``zero``, ``mean``, ``resample``).
         n_random: random control draws per k.
         n_resamples: bootstrap resamples of every CI.
@@ -74,6 +77,7 @@ class FusionConfig:
     ks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     fractions: tuple[float, ...] = (0.001, 0.005, 0.01, 0.02, 0.05)
     destroy: tuple[float, ...] = (0.1, 0.25, 0.5)
+    layer_ks: tuple[int, ...] = (1, 4, 16)
     baseline: str = "zero"
     n_random: int = 10
     n_resamples: int = 1000
@@ -83,8 +87,8 @@ class FusionConfig:
     @classmethod
     def quick(cls, **overrides: Any) -> FusionConfig:
         """The small settings of ``vlmlens circuits fusion --quick``: 12 images, k up to 16, 300 resamples."""
-        return cls(**{"n_images": 12, "ks": (1, 2, 4, 8, 16), "fractions": (0.01, 0.02), "n_resamples": 300,
-                      **overrides})
+        return cls(**{"n_images": 12, "ks": (1, 2, 4, 8, 16), "fractions": (0.01, 0.02), "layer_ks": (1, 4),
+                      "n_resamples": 300, **overrides})
 
     def __post_init__(self) -> None:
         if self.n_images < 4:
@@ -92,8 +96,8 @@ class FusionConfig:
         if self.kind not in KINDS or self.method not in METHODS:
             raise InputError(f"kind must be one of {list(KINDS)} and method one of {list(METHODS)}, got "
                              f"{self.kind!r}, {self.method!r}")
-        if not self.ks or any(k < 1 for k in self.ks):
-            raise InputError(f"ks must be counts >= 1, got {self.ks}")
+        if not self.ks or any(k < 1 for k in (*self.ks, *self.layer_ks)):
+            raise InputError(f"ks and layer_ks must be counts >= 1, got {self.ks}, {self.layer_ks}")
         if any(not 0 < f <= 1 for f in (*self.fractions, *self.destroy)):
             raise InputError(f"fractions and destroy must be in (0, 1], got {self.fractions}, {self.destroy}")
 
@@ -119,6 +123,19 @@ def score_statistics(found: Localization, pick: np.ndarray | None = None) -> tup
     depths = np.array([l / max(1, found.n_layers - 1) for l in found.layers])
     mass = np.abs(scores).sum(-1)
     return _centroid(mass, depths), _top_share(scores)
+
+
+def effect_by_depth(curve: Any, n_layers: int) -> list[dict[str, Any]]:
+    """Per layer: the mean accuracy drop and mean margin excess over its ``k`` (the area under
+    the layer's ablation curve, ``k`` on an even log scale), at its normalised depth."""
+    rows = []
+    for layer in sorted({p.layer for p in curve.points}):
+        points = [p for p in curve.points if p.layer == layer]
+        rows.append({"layer": layer, "depth": layer / max(1, n_layers - 1), "ks": [p.k for p in points],
+                     "mean_drop_pp": float(np.mean([p.drop_pp for p in points])),
+                     "mean_excess": float(np.mean([p.excess for p in points])),
+                     "smallest_p": float(min(p.mcnemar_p for p in points))})
+    return rows
 
 
 def _ci(point: float, values: np.ndarray) -> list[float]:
@@ -165,6 +182,12 @@ def compare(models: Mapping[str, Any], config: FusionConfig | None = None) -> di
         destroyed = ablation_curve(model, held, found, ks=sorted({max(1, round(f * width)) for f in config.destroy}),
                                    layers=[peak], baseline=config.baseline, n_random=config.n_random,
                                    seed=config.seed, batch_size=config.batch_size, n_resamples=config.n_resamples)
+        by_depth = []
+        if config.layer_ks:
+            per_layer = ablation_curve(model, held, found, ks=config.layer_ks, layers=found.layers,
+                                       baseline=config.baseline, n_random=config.n_random, seed=config.seed,
+                                       batch_size=config.batch_size, n_resamples=config.n_resamples)
+            by_depth = effect_by_depth(per_layer, model.n_layers)
         found_by[name] = found
         out["models"][name] = {
             "family": model.family, "n_layers": model.n_layers, "units": units, "peak_layer": peak,
@@ -174,6 +197,7 @@ def compare(models: Mapping[str, Any], config: FusionConfig | None = None) -> di
             "concentration": dataclasses.asdict(summary),
             "ablation": curve.to_frame().to_dict(orient="records"),
             "destruction": [{**row, "fraction": row["k"] / width} for row in destroyed.to_frame().to_dict("records")],
+            "by_depth": by_depth,
         }
     rng = np.random.default_rng([config.seed, 5])
     images = {len(f.image_counts) for f in found_by.values()}

@@ -3,7 +3,7 @@
 Examples:
     >>> figures = fusion_figures({"models": {}, "differences": {}})
     >>> sorted(figures)
-    ['ablation', 'depth', 'destruction']
+    ['ablation', 'by_depth', 'depth', 'destruction']
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def _colour(i: int) -> str:
 
 def fusion_figures(result: Mapping[str, Any]) -> dict[str, go.Figure]:
     """Depth profiles, ablation curves and destruction curves, one trace (pair) per model."""
-    depth, ablation, destruction = go.Figure(), go.Figure(), go.Figure()
+    depth, ablation, destruction, by_depth = go.Figure(), go.Figure(), go.Figure(), go.Figure()
     for i, (name, row) in enumerate(result["models"].items()):
         colour = _colour(i)
         profile = row["concentration"]["depth_profile"]
@@ -40,6 +40,11 @@ def fusion_figures(result: Mapping[str, Any]) -> dict[str, go.Figure]:
         ablation.add_trace(go.Scatter(
             x=ks, y=[100 * (p["accuracy_clean"] - p["accuracy_random"]) for p in points], name=f"{name}: random",
             mode="lines", line={"color": colour, "dash": "dot"}))
+        layers = row.get("by_depth", [])
+        by_depth.add_trace(go.Scatter(x=[r["depth"] for r in layers], y=[r["mean_drop_pp"] for r in layers],
+                                      name=name, mode="lines+markers", line={"color": colour},
+                                      customdata=[r["mean_excess"] for r in layers],
+                                      hovertemplate="depth %{x:.2f}: %{y:.1f} pp, margin excess %{customdata:.2f}"))
         rows = row["destruction"]
         destruction.add_trace(go.Scatter(x=[r["fraction"] for r in rows], y=[r["accuracy_top"] for r in rows],
                                          name=f"{name}: ranked", mode="lines+markers", line={"color": colour}))
@@ -51,7 +56,9 @@ def fusion_figures(result: Mapping[str, Any]) -> dict[str, go.Figure]:
                            xaxis_title="k (units ablated)", yaxis_title="accuracy drop (pp)", xaxis_type="log")
     destruction.update_layout(title="Destroying a fraction of the peak layer: held-out accuracy",
                               xaxis_title="fraction of the layer's units", yaxis_title="accuracy")
-    return {"depth": depth, "ablation": ablation, "destruction": destruction}
+    by_depth.update_layout(title="Ablating the top k within each layer: mean held-out accuracy drop over k",
+                           xaxis_title="layer / (n_layers - 1)", yaxis_title="mean accuracy drop (pp)")
+    return {"depth": depth, "ablation": ablation, "by_depth": by_depth, "destruction": destruction}
 
 
 def _ci(values: Sequence[float] | None) -> str:
@@ -75,6 +82,14 @@ def fusion_summary_markdown(result: Mapping[str, Any]) -> str:
                      f"{row['top_share']:.3f} {_ci(row.get('top_share_ci'))} | {row['peak_layer']} "
                      f"({row['peak_depth']:.2f}) | {con['k_at_drop'] if con['k_at_drop'] is not None else 'none'} | "
                      f"{'yes' if con['concentrated'] else 'no'} | {destroyed} |")
+    if any(row.get("by_depth") for row in result["models"].values()):
+        intro = ("Top-k ablated within each layer (mean over k of the held-out accuracy drop; margin excess beyond "
+                 "matched random units):")
+        lines += ["", intro, "", "| model | by layer (normalised depth): drop pp / margin excess |", "|---|---|"]
+        for name, row in result["models"].items():
+            cells = ", ".join(f"L{d['layer']} ({d['depth']:.2f}): {d['mean_drop_pp']:.1f} / {d['mean_excess']:+.2f}"
+                              for d in row.get("by_depth", []))
+            lines.append(f"| {name} | {cells} |")
     if result.get("differences"):
         lines += ["", "| pair | depth difference | top-1% share difference |", "|---|---|---|"]
         for pair, d in result["differences"].items():

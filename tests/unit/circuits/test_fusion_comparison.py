@@ -12,7 +12,8 @@ from vlmlens.cli import main
 from vlmlens.errors import InputError
 from vlmlens.testing import tiny_vlm
 
-SMALL = FusionConfig(n_images=4, ks=(1, 2), fractions=(0.01,), destroy=(0.25, 0.5), n_random=2, n_resamples=60)
+SMALL = FusionConfig(n_images=4, ks=(1, 2), fractions=(0.01,), destroy=(0.25, 0.5), layer_ks=(1, 2), n_random=2,
+                     n_resamples=60)
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,8 @@ def test_per_model_summary(result):
     assert [round(d["fraction"], 2) for d in row["destruction"]] == [0.25, 0.5]
     assert all(d["layer"] == row["peak_layer"] for d in row["destruction"])
     assert len(row["top_units"]) == 16 and row["concentration"]["rule"].startswith("concentrated if")
+    assert [(d["layer"], d["ks"]) for d in row["by_depth"]] == [(0, [1, 2]), (1, [1, 2])]
+    assert row["by_depth"][1]["depth"] == 1.0
 
 
 def test_differences_are_paired(result):
