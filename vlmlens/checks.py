@@ -27,9 +27,18 @@ __all__ = ["check_sites"]
 _RTOL = 1e-4
 
 
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = _RTOL) -> bool:
     scale = max(float(a.abs().max()), float(b.abs().max()), 1.0)
-    return a.shape == b.shape and float((a - b).abs().max()) <= _RTOL * scale
+    return a.shape == b.shape and float((a - b).abs().max()) <= rtol * scale
+
+
+def _rounding(dtype: torch.dtype, terms: int = 1) -> float:
+    """The tolerance of an identity recomputed in float32 from ``terms`` values the model rounded to ``dtype``.
+
+    A bf16 (fp16) model rounds every add and every per-head product; float32 models keep
+    ``_RTOL``. A mismatched adapter (a missing norm, a scale) is off by O(1), far above this.
+    """
+    return max(_RTOL, 2.0 * terms**0.5 * torch.finfo(dtype).eps) if dtype.is_floating_point else _RTOL
 
 
 def check_sites(model: Any) -> None:
@@ -85,11 +94,12 @@ def _identities(model: Any, seen: dict[Site, Any], tower: Tower, layer: int, n_l
         return seen[Site(tower, point, index)].float()
 
     where = f"{tower.value} block {layer} of this {model.adapter.architecture}"
+    dtype = seen[Site(tower, Point.RESID_PRE, layer)].dtype
     fix = ("the adapter's block description (vlmlens/adapters/) does not match this model's block; "
            "check attn_norm / mlp_norm / attn_out_norm / mlp_out_norm")
-    if not _close(at(Point.RESID_PRE) + at(Point.ATTN_OUT), at(Point.RESID_MID)):
+    if not _close(at(Point.RESID_PRE) + at(Point.ATTN_OUT), at(Point.RESID_MID), _rounding(dtype)):
         raise SiteCheckError(f"{where}: hook_resid_mid != hook_resid_pre + hook_attn_out; {fix}")
-    if not _close(at(Point.RESID_MID) + at(Point.MLP_OUT), at(Point.RESID_POST)):
+    if not _close(at(Point.RESID_MID) + at(Point.MLP_OUT), at(Point.RESID_POST), _rounding(dtype)):
         raise SiteCheckError(f"{where}: hook_resid_post != hook_resid_mid + hook_mlp_out; {fix}")
     following = Site(tower, Point.RESID_PRE, layer + 1)
     kept = isinstance(seen.get(following), torch.Tensor)
@@ -106,5 +116,5 @@ def _identities(model: Any, seen: dict[Site, Any], tower: Tower, layer: int, n_l
     if spec.block.attn_out_norm is not None:
         norm = model.block_module(tower, layer, "attn_out_norm")
         heads = norm(heads.to(next(norm.parameters()).dtype)).float()
-    if not _close(heads, at(Point.ATTN_OUT)):
+    if not _close(heads, at(Point.ATTN_OUT), _rounding(dtype, at(Point.RESULT).shape[-2])):
         raise SiteCheckError(f"{where}: the per-head hook_result do not sum to the attention output; {fix}")
