@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-__all__ = ["load_model", "main"]
+__all__ = ["add_model_arguments", "is_toy", "load_model", "main"]
 
 # Subcommand -> module with add_parser(subparsers) and run(args) -> int. Imported lazily.
 _COMMANDS = {
@@ -20,15 +20,35 @@ _COMMANDS = {
 }
 
 
-def load_model(name: str) -> object:
-    """A model named on the command line: a zoo name, a path, a hub id, or ``tiny-<family>`` (random, tiny)."""
-    if name.startswith("tiny-"):
-        from vlmlens.testing import tiny_vlm
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--dtype``, ``--device``, ``--device-map``: how the models are loaded (a 7B in bf16 on a GPU)."""
+    parser.add_argument("--dtype", default=None, help="parameter dtype, e.g. bfloat16 (default: the checkpoint's; "
+                        "fp32 on CPU)")
+    parser.add_argument("--device", default=None, help="e.g. cuda, cuda:1 (ignored with --device-map)")
+    parser.add_argument("--device-map", default=None, help="passed to transformers, e.g. auto (shard over GPUs)")
 
-        return tiny_vlm(name.removeprefix("tiny-"))
+
+def is_toy(name: str) -> bool:
+    """A shipped zoo toy or a random tiny model (``tiny-<family>``), rather than a real checkpoint."""
+    from vlmlens.zoo.registry import ZOO
+
+    return name in ZOO or name.startswith("tiny-")
+
+
+def load_model(name: str, *, dtype: str | None = None, device: str | None = None,
+               device_map: str | None = None) -> object:
+    """A model named on the command line: a zoo name, a path, a hub id, or ``tiny-<family>`` (random, tiny)."""
     from vlmlens.model import HookedVLM
 
-    return HookedVLM.from_pretrained(name)
+    if name.startswith("tiny-"):
+        from vlmlens.loading import parse_dtype
+        from vlmlens.testing import tiny_hf
+
+        hf, processor = tiny_hf(name.removeprefix("tiny-"))
+        chosen = parse_dtype(dtype)
+        hf = hf.to(device=device or "cpu", dtype=chosen) if chosen is not None else hf.to(device or "cpu")
+        return HookedVLM.from_hf(hf, processor)
+    return HookedVLM.from_pretrained(name, dtype=dtype, device=device, device_map=device_map)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from vlmlens.cli import add_model_arguments
+
 __all__ = ["add_parser", "run"]
 
 logger = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", type=Path, default=Path("runs/fusion"))
     f.add_argument("--threads", type=int, default=None, help="torch threads")
+    add_model_arguments(f)
     return p
 
 
@@ -57,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = config_of(args)
-    models = {name: load_model(name) for name in args.models}
+    models = {name: load_model(name, dtype=args.dtype, device=args.device, device_map=args.device_map)
+              for name in args.models}
     result = compare(models, config)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(to_jsonable(result), indent=1, allow_nan=False))

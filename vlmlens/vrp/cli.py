@@ -18,6 +18,8 @@ from typing import Any
 
 import pandas as pd
 
+from vlmlens.cli import add_model_arguments
+
 __all__ = ["DEFAULT_MODELS", "add_parser", "reproduce", "run"]
 
 logger = logging.getLogger(__name__)
@@ -38,14 +40,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--suffix", action="store_true",
-                   help="append POPE's 'Answer the question using a single word or phrase.' to questions")
+    p.add_argument("--suffix", action=argparse.BooleanOptionalAction, default=None,
+                   help="append POPE's 'Answer the question using a single word or phrase.' to questions "
+                        "(default: on for real checkpoints, off for the zoo toys, which were trained mostly without)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="tokens decoded per answer (default: 3 for the zoo toys, 10 for real checkpoints, whose "
+                        "answers can start 'There is no ...')")
     p.add_argument("--resamples", type=int, default=None,
                    help="bootstrap resamples of every CI (default 1000; --quick: 200)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: the toy models' small matrices run fastest on one)")
     p.add_argument("--no-interventions", action="store_true", help="skip neuron ablation and dimension destruction")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
+    add_model_arguments(p)
     return p
 
 
@@ -62,13 +69,18 @@ def _dataset(args: argparse.Namespace, n_images: int) -> Any:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from vlmlens.vrp.config import VRPConfig
+    from vlmlens.cli import is_toy
+    from vlmlens.vrp.config import ConsistencyConfig, VRPConfig
 
     resamples = getattr(args, "resamples", None)
     if resamples is None:
         resamples = 200 if args.quick else 1000
+    real = not all(is_toy(name) for name in getattr(args, "models", ()))  # a real checkpoint among the models
+    suffix = getattr(args, "suffix", None)
+    tokens = getattr(args, "max_new_tokens", None)
     return VRPConfig(batch_size=getattr(args, "batch_size", 8), seed=args.seed, n_resamples=resamples,
-                     suffix=getattr(args, "suffix", False),
+                     suffix=real if suffix is None else suffix,
+                     consistency=ConsistencyConfig(max_new_tokens=tokens or (10 if real else 3)),
                      interventions=not getattr(args, "no_interventions", False))
 
 
@@ -112,7 +124,8 @@ def reproduce(args: argparse.Namespace) -> dict[str, Any]:
     for name in args.models:
         start = time.perf_counter()
         folder = args.out / name.replace("/", "__")
-        model = load_model(name)
+        model = load_model(name, dtype=getattr(args, "dtype", None), device=getattr(args, "device", None),
+                           device_map=getattr(args, "device_map", None))
         resume = args.resume or not (folder / "samples.csv").exists()
         result = run_vrp(model, dataset, config, out=folder, name=name, resume=resume)
         results["models"][name] = result.results
