@@ -1,12 +1,14 @@
 """Planted controls: models whose answer provably runs through known units, or through none.
 
 A localisation method earns trust by finding what was planted. :func:`plant_bottleneck`
-edits an MLP's down projection so that a few named neurons write a large component along
-the answer direction (the final norm's gain times the yes-minus-no unembedding), half of
-them towards yes and half towards no, so that the yes/no decision is carried by those
-neurons' activations. :func:`plant_distributed` writes the same total along that
-direction spread over every neuron of the layer: no small set carries it. Both edit the
-weights in place (use a fresh model) and return the neurons they planted.
+rewires a gated MLP so that a few named neurons read zero-mean features of the MLP's input
+on calibration questions (their signs differ between questions) and write along the answer
+direction (the final norm's gain times the yes-minus-no unembedding), half towards yes and
+half towards no, while no other neuron of the layer writes along it: the yes/no decision
+is carried by those neurons. :func:`plant_distributed` rewires every neuron of the layer
+the same way, the same total write spread over all of them: no small set carries it. Both
+edit the weights in place (use a fresh model); :func:`plant_bottleneck` returns the neurons
+it planted.
 
 Label the behaviour with the edited model's own answers (:func:`self_labelled`) so that
 "answering correctly" means "answering as the planted units decide".
