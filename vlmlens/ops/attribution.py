@@ -72,13 +72,18 @@ def _check_steps(ig_steps: int) -> int:
     return ig_steps
 
 
-def embedding_path(model: Any, clean: Batch, corrupt: Batch) -> Callable[[float], Hook]:
+def embedding_path(model: Any, clean: Batch, corrupt: Batch, *,
+                   ends: tuple[Tensor, Tensor] | None = None) -> Callable[[float], Hook]:
     """``alpha -> Hook`` that sets the LM's input embeddings to ``corrupt + alpha (clean - corrupt)``.
 
     Run on the corrupt batch: ``alpha = 0`` is the corrupt run, ``alpha = 1`` the clean one.
+    ``ends``: the corrupt and clean ``text.hook_embed`` where the caller has cached them
+    already (``positions="all"``); otherwise two forwards read them.
     """
     site = model.text.embed
-    ends = [run_with_cache(model, b, sites=[site], positions="all", device=None)[1][site] for b in (corrupt, clean)]
+    if ends is None:
+        ends = tuple(run_with_cache(model, b, sites=[site], positions="all", device=None)[1][site]
+                     for b in (corrupt, clean))
     start, step = ends[0], ends[1] - ends[0]
     return lambda alpha: Hook(site=site, fn=lambda act, hook: (start + alpha * step).to(act.dtype))
 
@@ -95,11 +100,13 @@ def _products(model: Any, clean: Batch, corrupt: Batch, metric: Metric, sites: l
     ``grad`` is taken at the corrupt run, or averaged along the input path (``ig_steps``).
     """
     steps = _check_steps(ig_steps)
-    clean_logits, clean_cache = run_with_cache(model, clean, sites=sites, positions="all", device=None)
-    corrupt_logits, corrupt_cache = run_with_cache(model, corrupt, sites=sites, positions="all", device=None,
+    embed = model.text.embed
+    read = list(dict.fromkeys([*sites, embed])) if steps else sites  # IG's path starts from the embeddings
+    clean_logits, clean_cache = run_with_cache(model, clean, sites=read, positions="all", device=None)
+    corrupt_logits, corrupt_cache = run_with_cache(model, corrupt, sites=read, positions="all", device=None,
                                                    grad=None if steps else metric)
     if steps:
-        path = embedding_path(model, clean, corrupt)
+        path = embedding_path(model, clean, corrupt, ends=(corrupt_cache[embed], clean_cache[embed]))
         grads = {s: 0.0 for s in sites}
         for alpha in ig_alphas(steps):
             _, cache = run_with_cache(model, corrupt, sites=sites, positions="all", device=None, grad=metric,

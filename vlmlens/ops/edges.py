@@ -122,13 +122,13 @@ def _reading(modules: dict[str, torch.nn.Module], seen: dict[str, Tensor],
             handle.remove()
 
 
-def _writes(model: Any, batch: Batch) -> tuple[dict[str, Tensor], Tensor]:
-    """Every sender's write to the residual (``batch seq d_model``) and the logits."""
+def _writes(model: Any, batch: Batch) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """Every sender's write to the residual (``batch seq d_model``), the logits and ``text.hook_embed``."""
     from vlmlens.ops.cache import run_with_cache
     from vlmlens.ops.logit_attribution import stack_head_results
 
     n = model.n_layers
-    sites = [Site(Tower.TEXT, Point.RESID_PRE, 0)]
+    sites = [Site(Tower.TEXT, Point.RESID_PRE, 0), Site(Tower.TEXT, Point.EMBED)]
     sites += [Site(Tower.TEXT, p, l) for l in range(n) for p in (Point.RESULT, Point.MLP_OUT, Point.ATTN_OUT)]
     logits, cache = run_with_cache(model, batch, sites=sites, positions="all", device=None)
     heads, labels = stack_head_results(model, cache, return_labels=True)
@@ -136,7 +136,7 @@ def _writes(model: Any, batch: Batch) -> tuple[dict[str, Tensor], Tensor]:
     for l in range(n):
         writes |= {name: part for name, part in zip(labels, heads, strict=True) if _layer_of(name) == l}
         writes[f"L{l}MLP"] = cache[Site(Tower.TEXT, Point.MLP_OUT, l)]
-    return writes, logits
+    return writes, logits, cache[sites[1]]
 
 
 def _receiver_grads(model: Any, corrupt: Batch, metric: Any, receivers: list[str],
@@ -174,11 +174,11 @@ def attribute_edges(model: Any, clean: Batch, corrupt: Batch, metric: Any, *, ig
 
     _check_layouts(clean, corrupt)
     steps = _check_steps(ig_steps)
-    clean_writes, clean_logits = _writes(model, clean)
-    corrupt_writes, corrupt_logits = _writes(model, corrupt)
+    clean_writes, clean_logits, clean_embed = _writes(model, clean)
+    corrupt_writes, corrupt_logits, corrupt_embed = _writes(model, corrupt)
     receivers = _receivers(model)
     if steps:
-        path = embedding_path(model, clean, corrupt)
+        path = embedding_path(model, clean, corrupt, ends=(corrupt_embed, clean_embed))
         grads = [None] * len(receivers)
         for alpha in ig_alphas(steps):
             found, _ = _receiver_grads(model, corrupt, metric, receivers, [path(alpha)])
@@ -209,12 +209,12 @@ def patch_edge(model: Any, clean: Batch, corrupt: Batch, metric: Any, edge: tupl
     sender, receiver = edge
     if receiver not in _receivers(model):
         raise InputError(f"unknown receiver {receiver!r}; receivers: L{{l}}ATTN, L{{l}}MLP, LOGITS")
-    clean_writes, _ = _writes(model, clean)
+    clean_writes, *_ = _writes(model, clean)
     if sender not in clean_writes:
         raise InputError(f"unknown sender {sender!r}; senders: embed, L{{l}}H{{h}}, L{{l}}MLP")
     if not _precedes(sender, receiver):
         raise InputError(f"{sender} does not write before {receiver} reads; no such edge")
-    corrupt_writes, _ = _writes(model, corrupt)
+    corrupt_writes, *_ = _writes(model, corrupt)
     delta = scale * (clean_writes[sender] - corrupt_writes[sender])
     with torch.no_grad(), _reading({receiver: _reader(model, receiver)}, {}, add={receiver: delta}):
         logits = model.hf_model(**corrupt.inputs).logits
