@@ -45,9 +45,7 @@ def load_model(name: str, *, dtype: str | None = None, device: str | None = None
         from vlmlens.testing import tiny_hf
 
         hf, processor = tiny_hf(name.removeprefix("tiny-"))
-        chosen = parse_dtype(dtype)
-        hf = hf.to(device=device or "cpu", dtype=chosen) if chosen is not None else hf.to(device or "cpu")
-        return HookedVLM.from_hf(hf, processor)
+        return HookedVLM.from_hf(hf.to(device=device or "cpu", dtype=parse_dtype(dtype)), processor)
     return HookedVLM.from_pretrained(name, dtype=dtype, device=device, device_map=device_map)
 
 

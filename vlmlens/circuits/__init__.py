@@ -21,10 +21,10 @@ Examples:
 """
 
 from vlmlens.circuits.behaviour import AnswerIds, Behaviour
-from vlmlens.circuits.concentration import Concentration, concentration
 from vlmlens.circuits.controls import plant_bottleneck, plant_distributed, self_labelled
 from vlmlens.circuits.localization import METHODS, Localization, localize
 from vlmlens.circuits.probe import L1Path, l1_path
+from vlmlens.circuits.summary import Concentration, concentration
 from vlmlens.circuits.units import KINDS
 from vlmlens.circuits.validate import (
            AblationCurve,

@@ -38,8 +38,8 @@ from typing import Any, Literal, no_type_check
 import numpy as np
 
 from vlmlens.circuits.behaviour import Behaviour
-from vlmlens.circuits.concentration import concentration
 from vlmlens.circuits.localization import METHODS, Localization, localize
+from vlmlens.circuits.summary import concentration, top_one_percent_share
 from vlmlens.circuits.units import KINDS
 from vlmlens.circuits.validate import ablation_curve
 from vlmlens.data import synth_pope
@@ -107,12 +107,6 @@ def _centroid(mass: np.ndarray, depths: np.ndarray) -> float:
     return float((mass * depths).sum() / total) if total > 0 else float("nan")
 
 
-def _top_share(scores: np.ndarray) -> float:
-    flat = np.sort(np.abs(scores).ravel())[::-1]
-    total = flat.sum()
-    return float(flat[: max(1, math.ceil(0.01 * flat.size))].sum() / total) if total > 0 else float("nan")
-
-
 def score_statistics(found: Localization, pick: np.ndarray | None = None) -> tuple[float, float]:
     """``(depth centroid, top-1% share)`` of the scores, or of the scores re-averaged over images ``pick``."""
     if pick is None or found.by_image is None:
@@ -122,7 +116,7 @@ def score_statistics(found: Localization, pick: np.ndarray | None = None) -> tup
         scores = found.by_image.numpy()[pick].sum(0) / counts[pick].sum()
     depths = np.array([l / max(1, found.n_layers - 1) for l in found.layers])
     mass = np.abs(scores).sum(-1)
-    return _centroid(mass, depths), _top_share(scores)
+    return _centroid(mass, depths), top_one_percent_share(scores)
 
 
 def effect_by_depth(curve: Any, n_layers: int) -> list[dict[str, Any]]:

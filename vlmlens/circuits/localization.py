@@ -57,6 +57,7 @@ from vlmlens.ops.logit_attribution import (
     logit_attrs,
     neuron_logit_attrs,
     stack_head_results,
+    token_directions,
 )
 from vlmlens.ops.sweep import sweep
 from vlmlens.sites import Point, Site, Tower
@@ -188,9 +189,8 @@ def _dla(model: Any, behaviour: Behaviour, kind: str, layers: Sequence[int], ans
         elif kind == "neuron":
             block = torch.stack([neuron_logit_attrs(model, cache, l, true, other) for l in layers], 1)
         else:
-            weight = model.unembed.weight.detach().float()
             final = frozen_norm(model, cache)
-            direction = (weight[true] - weight[other]).to(final.scale.device)
+            direction = token_directions(model, true, other).to(final.scale.device)
             block = torch.stack([final(cache[unit_site(kind, l)]) * direction for l in layers], 1)  # batch layer d
         out.add(rows, block)
 

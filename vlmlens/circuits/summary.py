@@ -38,7 +38,14 @@ from vlmlens.circuits.localization import Localization
 from vlmlens.circuits.validate import AblationCurve
 from vlmlens.errors import InputError
 
-__all__ = ["Concentration", "concentration"]
+__all__ = ["Concentration", "concentration", "top_one_percent_share"]
+
+
+def top_one_percent_share(scores: np.ndarray) -> float:
+    """The share of ``sum |scores|`` held by the top 1% of units (at least one); NaN counts as 0."""
+    flat = np.sort(np.nan_to_num(np.abs(scores)).ravel())[::-1]
+    total = flat.sum()
+    return float(flat[: max(1, math.ceil(0.01 * flat.size))].sum() / total) if total > 0 else 0.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,17 +84,15 @@ def concentration(found: Localization, curve: AblationCurve, *, drop_pp: float =
     scores = found.scores.abs().numpy()
     scores = np.where(np.isnan(scores), 0.0, scores)
     total = float(scores.sum())
-    flat = np.sort(scores.flatten())[::-1]
-    top = max(1, math.ceil(0.01 * flat.size))
-    share = float(flat[:top].sum() / total) if total > 0 else 0.0
+    units = scores.size
     profile = tuple((layer / max(1, found.n_layers - 1), float(scores[r].sum() / total) if total > 0 else 0.0)
                     for r, layer in enumerate(found.layers))
     passing = sorted(p.k for p in curve.points if p.layer is None and p.drop_pp >= drop_pp and p.mcnemar_p < alpha
                      and p.excess < 0 and p.excess_p < alpha)
     k_at = passing[0] if passing else None
-    limit = max(1, math.floor(fraction * flat.size))
-    rule = (f"concentrated if ablating the top k <= {limit} units ({fraction:.0%} of {flat.size}) drops held-out "
+    limit = max(1, math.floor(fraction * units))
+    rule = (f"concentrated if ablating the top k <= {limit} units ({fraction:.0%} of {units}) drops held-out "
             f"accuracy by >= {drop_pp:g} pp (exact McNemar p < {alpha:g}) and moves the truth margin more than "
             f"matched random units (permutation p < {alpha:g})")
-    return Concentration(units=int(flat.size), top_share=share, depth_profile=profile, k_at_drop=k_at,
+    return Concentration(units=int(units), top_share=top_one_percent_share(scores), depth_profile=profile, k_at_drop=k_at,
                          concentrated=k_at is not None and k_at <= limit, rule=rule)

@@ -28,6 +28,7 @@ Examples:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, no_type_check
@@ -227,8 +228,8 @@ def ablation_curve(model: Any, behaviour: Behaviour, found: Localization, *, ks:
     unit_sets = [u for _, _, top, randoms in plan for u in (top, *randoms)]
 
     margins = []
-    for rows, batch in progress_bar(list(behaviour.batches(model, batch_size)), desc="ablation curve", unit="batch",
-                                    progress=progress):
+    for rows, batch in progress_bar(behaviour.batches(model, batch_size), total=math.ceil(len(behaviour) / batch_size),
+                                    desc="ablation curve", unit="batch", progress=progress):
         index = list(rows)
         donor_acts = None if donors is None else {l: acts[l][donors[index]] for l in scored}
         conditions = [ablation(found.kind, _by_layer(units), baseline, batch=batch, means=means, donors=donor_acts)

@@ -94,7 +94,8 @@ def rank_dimensions(features: np.ndarray, labels: np.ndarray, *, k: int, C: floa
     first = [int(d) for d in path.order[: min(k, x.shape[1])]]
     l2 = np.abs(LogisticRegression(C=C, max_iter=1000, random_state=seed).fit(StandardScaler().fit_transform(x), y)
                 .coef_[0])
-    rest = [int(d) for d in np.lexsort((np.arange(len(l2)), -l2)) if int(d) not in set(first)]
+    chosen = set(first)
+    rest = [int(d) for d in np.lexsort((np.arange(len(l2)), -l2)) if int(d) not in chosen]
     return np.array(first + rest, dtype=np.int64)
 
 
