@@ -21,27 +21,28 @@ def _kill(table, keep_rows):
 
 @pytest.mark.slow
 def test_reproduce_end_to_end_and_resume(tmp_path):
-    full = reproduce(_args(tmp_path / "full", 2))
+    full = reproduce(_args(tmp_path / "full", 4))  # 4 images: the probes' split is grouped by image
     r = full["models"]["tiny-paligemma"]
-    assert r["n"] == 12 and r["pope"]["n"] == 12
+    assert r["n"] == 24 and r["pope"]["n"] == 24
+    assert isinstance(r["probes"]["logistic"], dict), r["probes"]["logistic"]
     assert {"top", "bottom", "random"} <= set(r["masking"])
     assert len(r["margins"]["truth"]) == 2
     assert {"mlp_out", "mlp_post"} <= set(r["ablation"]) and "counts" in r["destruction"]
     assert (tmp_path / "full" / "summary.md").read_text().startswith("# VRP summary")
     assert json.loads((tmp_path / "full" / "results.json").read_text()) == full
-    assert (tmp_path / "full" / "per_sample.csv").read_text().count("\n") == 13
+    assert (tmp_path / "full" / "per_sample.csv").read_text().count("\n") == 25
     # Killed in the per-sample pass (6 questions done: one batch of 4 and half of the next) ...
     part = tmp_path / "part"
-    reproduce(_args(part, 2))
+    reproduce(_args(part, 4))
     _kill(part / "tiny-paligemma" / "samples.csv", 6)
     (part / "tiny-paligemma" / "interventions.csv").unlink()
     with pytest.raises(DataError, match="exists; pass resume=True"):
-        reproduce(_args(part, 2))
-    resumed = reproduce(_args(part, 2, resume=True))
+        reproduce(_args(part, 4))
+    resumed = reproduce(_args(part, 4, resume=True))
     assert json.dumps(resumed, sort_keys=True) == json.dumps(full, sort_keys=True)
     # ... and in the ablation pass: resumed runs give the same results.json.
     _kill(part / "tiny-paligemma" / "interventions.csv", 5)
-    resumed = reproduce(_args(part, 2, resume=True))
+    resumed = reproduce(_args(part, 4, resume=True))
     assert json.dumps(resumed, sort_keys=True) == json.dumps(full, sort_keys=True)
 
 

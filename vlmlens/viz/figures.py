@@ -8,7 +8,7 @@ Every function takes ``results = {"models": {name: per-model results}}`` (what
 Examples:
     >>> figs = vrp_figures({"models": {}})
     >>> sorted(figs)[:3]
-    ['ablation', 'attention_examples', 'consistency']
+    ['ablation', 'attention_examples', 'calibration']
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ __all__ = [
     "ablation_figure",
     "attention_examples_figure",
     "auroc_by_layer_figure",
+    "calibration_figure",
     "consistency_figure",
     "destruction_figure",
     "entropy_figure",
@@ -82,7 +83,8 @@ def rpb_figure(results: Mapping[str, Any]) -> go.Figure:
 
 
 def auroc_by_layer_figure(results: Mapping[str, Any]) -> go.Figure:
-    """Held-out probe AUROC per layer (logistic solid, MLP dashed, shuffled control dotted)."""
+    """Held-out probe AUROC per layer (logistic solid, MLP dashed), the logistic CV AUROC that
+    selects the layer (dotted, training part only) and the selected layer (a star)."""
     fig = go.Figure()
     for i, name, r in _models(results):
         for kind, dash in (("logistic", "solid"), ("mlp", "dash")):
@@ -97,11 +99,37 @@ def auroc_by_layer_figure(results: Mapping[str, Any]) -> go.Figure:
                 error_y={"type": "data", "array": [row["auroc_hi"] - row["auroc"] for row in rows],
                          "arrayminus": [row["auroc"] - row["auroc_lo"] for row in rows], "thickness": 1}))
             if kind == "logistic":
-                fig.add_trace(go.Scatter(x=x, y=[row["shuffled_auroc"] for row in rows], name=f"{name} shuffled",
+                fig.add_trace(go.Scatter(x=x, y=[row["cv_auroc"] for row in rows], name=f"{name} CV (selects)",
                                          mode="lines", line={"color": _colour(i), "dash": "dot", "width": 1}))
+                fig.add_trace(go.Scatter(x=[x[p["best_layer"]]], y=[p["selected"]["auroc"]], mode="markers",
+                                         name=f"{name} selected L{p['best_layer']}",
+                                         marker={"color": _colour(i), "symbol": "star", "size": 12}))
     fig.add_hline(y=0.5, line={"color": "grey", "width": 1})
     fig.update_layout(title="Hidden-state probe AUROC by layer (held-out, 95% bootstrap CI)",
                       xaxis_title="normalised depth (layer / (L - 1))", yaxis_title="AUROC", yaxis_range=[0, 1])
+    return fig
+
+
+def calibration_figure(results: Mapping[str, Any]) -> go.Figure:
+    """Reliability diagrams: share correct against mean stated confidence per bin, one panel per signal."""
+    signals = list(dict.fromkeys(k for _, _, r in _models(results) for k in r.get("calibration", {})))
+    fig = make_subplots(rows=1, cols=max(1, len(signals)), subplot_titles=signals or ("no calibration",))
+    for col, signal in enumerate(signals, start=1):
+        fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", showlegend=False,
+                                 line={"color": "grey", "width": 1, "dash": "dot"}), row=1, col=col)
+        for i, name, r in _models(results):
+            cal = r.get("calibration", {}).get(signal)
+            if not isinstance(cal, dict):
+                continue
+            bins = cal["bins"]
+            fig.add_trace(go.Scatter(
+                x=[b["confidence"] for b in bins], y=[b["accuracy"] for b in bins], mode="lines+markers",
+                name=f"{name} (ECE {cal['ece']:.3f})", legendgroup=name, line={"color": _colour(i)},
+                marker={"size": [6 + 14 * (b["n"] / cal["n"]) ** 0.5 for b in bins]},
+                text=[f"n={b['n']}" for b in bins]), row=1, col=col)
+    fig.update_layout(title="Calibration: share correct vs stated confidence (marker size ~ bin size)")
+    fig.update_xaxes(title_text="confidence", range=[0, 1])
+    fig.update_yaxes(title_text="share correct", range=[0, 1])
     return fig
 
 
@@ -243,6 +271,7 @@ def vrp_figures(results: Mapping[str, Any], datasets: Mapping[str, Any] | None =
     return {
         "rpb": rpb_figure(results),
         "probe_auroc": auroc_by_layer_figure(results),
+        "calibration": calibration_figure(results),
         "margins": margin_figure(results),
         "entropy": entropy_figure(results),
         "masking": masking_figure(results),

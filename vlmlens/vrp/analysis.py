@@ -24,11 +24,17 @@ import numpy as np
 import pandas as pd
 
 from vlmlens.errors import DataError
+from vlmlens.vrp.calibration import Calibration, calibration
 from vlmlens.vrp.config import VRPConfig
 from vlmlens.vrp.consistency import consistency_score
 from vlmlens.vrp.margins import margin_gain, peak_visual_layer
 from vlmlens.vrp.pipeline import MASKS, mask_column
-from vlmlens.vrp.probes import LayerProbeResults, probe_layers
+from vlmlens.vrp.probes import (
+    LayerProbeResults,
+    ProbeResult,
+    baseline_probes,
+    probe_layers,
+)
 from vlmlens.vrp.stats import (
     AUROC,
     Correlation,
@@ -40,14 +46,17 @@ from vlmlens.vrp.stats import (
 from vlmlens.vrp.store import SampleStore
 
 __all__ = [
+    "BASELINES",
     "AttentionSummary",
     "ConsistencySummary",
     "MarginSummary",
     "MaskingSummary",
     "ProbeSummary",
     "attention_summary",
+    "calibration_summary",
     "consistency_summary",
     "correlations",
+    "images",
     "margin_summary",
     "masking_summary",
     "probe_summary",
@@ -85,15 +94,24 @@ def _try(fn: Any, *args: Any, **kwargs: Any) -> Any:
         return f"undefined: {err}"
 
 
+def images(frame: pd.DataFrame) -> np.ndarray | None:
+    """The image of each question (the clusters of every bootstrap and split), if the frame has them."""
+    return frame["image"].to_numpy() if "image" in frame else None
+
+
 def correlations(frame: pd.DataFrame, columns: Sequence[str], *, n_resamples: int = 1000,
                  seed: int = 0) -> dict[str, Correlation | Undefined]:
-    """R_pb of each column with ``correct`` (rows where the column is NaN are dropped)."""
+    """R_pb of each column with ``correct`` (rows where the column is NaN are dropped).
+
+    The bootstrap CI resamples images when the frame has an ``image`` column.
+    """
     out: dict[str, Correlation | Undefined] = {}
+    groups = images(frame)
     for column in columns:
         values = frame[column].to_numpy(dtype=float)
         keep = np.isfinite(values)
         out[column] = _try(point_biserial, frame["correct"].to_numpy()[keep], values[keep],
-                           n_resamples=n_resamples, seed=seed)
+                           n_resamples=n_resamples, seed=seed, groups=None if groups is None else groups[keep])
     return out
 
 
@@ -166,22 +184,24 @@ def margin_summary(frame: pd.DataFrame) -> MarginSummary:
 
 @dataclass(frozen=True, kw_only=True)
 class ProbeSummary:
-    """Hidden-state probes per layer and on the last-5 concatenation.
+    """Hidden-state probes per layer and on the last-5 concatenation, beside free baselines.
 
     Attributes:
         logistic: The logistic probes (or why they could not be trained).
         mlp: The 2-layer MLP probes (or why not).
+        baselines: One-feature probes on the same split (:data:`BASELINES`), or why not.
     """
 
     logistic: LayerProbeResults | Undefined
     mlp: LayerProbeResults | Undefined
+    baselines: dict[str, ProbeResult] | Undefined
 
     def best_layer(self) -> int | None:
-        """Best logistic probe layer, or None when the probes are undefined."""
+        """The logistic probe's layer (chosen by CV on the training part), or None when undefined."""
         return None if isinstance(self.logistic, str) else self.logistic.best_layer
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: best layer, per-layer rows and the concat row of each probe."""
+        """JSON-ready: per probe the chosen layer, per-layer rows, the selected and concat rows."""
         out: dict[str, Any] = {}
         for name in ("logistic", "mlp"):
             res = getattr(self, name)
@@ -191,17 +211,79 @@ class ProbeSummary:
             frame = res.to_frame()
             rows = json.loads(frame[frame["features"] == "layer"].drop(columns=["features"]).to_json(orient="records"))
             concat = {k: to_jsonable(v) for k, v in res.concat.to_row().items()}
-            out[name] = {"best_layer": res.best_layer, "by_layer": rows,
-                         "concat": {**concat, "layers": list(res.concat_layers)}, "n": res.n}
+            out[name] = {"best_layer": res.best_layer, "selection": "mean CV AUROC on the training part",
+                         "selected": to_jsonable(res.selected.to_row()), "by_layer": rows,
+                         "concat": {**concat, "layers": list(res.concat_layers)}, "n": res.n,
+                         "n_groups": res.n_groups, "n_cv_fits": res.n_cv_fits}
+        out["baselines"] = self.baselines if isinstance(self.baselines, str) else {
+            name: to_jsonable(r.to_row()) for name, r in self.baselines.items()}
         return out
 
 
+BASELINES = {
+    "token confidence": "mean log-probability of the greedy answer's tokens",
+    "final yes/no margin": "|logit(yes) - logit(no)| at the last layer",
+    "answer given": "1 if the answer was yes",
+    "self-consistency": "S_SC at the reported K",
+}
+"""The free signals every hidden-state probe is read against (name -> what it is)."""
+
+
+def _sc_share(frame: pd.DataFrame, k: int) -> np.ndarray:
+    """S_SC of every question from the first ``k`` stored samples."""
+    return np.array([consistency_score(json.loads(s)[:k], yes_no=True)[1] for s in frame["samples"]])
+
+
+def _baseline_scores(frame: pd.DataFrame, config: VRPConfig) -> dict[str, np.ndarray]:
+    return {
+        "token confidence": frame["confidence"].to_numpy(dtype=float),
+        "final yes/no margin": np.abs(_layers(frame, "yes_no_margin")[:, -1]),
+        "answer given": (frame["answer"] == "yes").to_numpy(dtype=float),
+        "self-consistency": _sc_share(frame, config.consistency.k),
+    }
+
+
 def probe_summary(store: SampleStore, frame: pd.DataFrame, config: VRPConfig) -> ProbeSummary:
-    """Logistic and MLP probes of correctness on the residual stream of every layer."""
+    """Logistic and MLP probes of correctness on every layer's residual stream, and the baselines.
+
+    Every probe and baseline shares one held-out split grouped by image.
+    """
     features = np.moveaxis(store.features("resid", frame["question_id"].tolist()), 1, 0)  # layer batch d
     labels = frame["correct"].to_numpy().astype(bool)
-    return ProbeSummary(logistic=_try(probe_layers, features, labels, config.probe),
-                        mlp=_try(probe_layers, features, labels, config.mlp_probe))
+    groups = images(frame)
+    logistic, mlp = (p.resolved(seed=config.seed, n_resamples=config.n_resamples)
+                     for p in (config.probe, config.mlp_probe))
+    return ProbeSummary(logistic=_try(probe_layers, features, labels, logistic, groups=groups),
+                        mlp=_try(probe_layers, features, labels, mlp, groups=groups),
+                        baselines=_try(baseline_probes, _baseline_scores(frame, config), labels, logistic,
+                                       groups=groups))
+
+
+def calibration_summary(frame: pd.DataFrame, probes: ProbeSummary,
+                        config: VRPConfig) -> dict[str, Calibration | Undefined]:
+    """ECE and reliability diagram of each confidence signal (probes: on their held-out part).
+
+    Token confidence is the probability of the greedy answer (exp of its mean log-probability);
+    S_SC the majority share at K; the probes' P(correct) from the layer each selected.
+    """
+    correct = frame["correct"].to_numpy()
+    groups = images(frame)
+    kw = {"n_resamples": config.n_resamples, "seed": config.seed}
+    out: dict[str, Calibration | Undefined] = {
+        "token confidence": _try(calibration, np.exp(frame["confidence"].to_numpy(dtype=float)), correct,
+                                 groups=groups, **kw),
+        "self-consistency": _try(calibration, _sc_share(frame, config.consistency.k), correct, groups=groups,
+                                 **kw),
+    }
+    for name in ("logistic", "mlp"):
+        res = getattr(probes, name)
+        if isinstance(res, str):
+            out[f"{name} probe"] = res
+            continue
+        test = res.selected.test_index
+        out[f"{name} probe"] = _try(calibration, res.selected.test_prob, correct[test],
+                                    groups=None if groups is None else groups[test], **kw)
+    return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -237,12 +319,11 @@ def _verdict(c: Correlation | Undefined) -> int | None:
 
 def consistency_summary(frame: pd.DataFrame, config: VRPConfig) -> ConsistencySummary:
     """S_SC at every K swept (first K of the stored samples), with R_pb and AUROC."""
-    samples = [json.loads(s) for s in frame["samples"]]
     correct = frame["correct"].to_numpy()
-    kw = {"n_resamples": config.n_resamples, "seed": config.seed}
+    kw = {"n_resamples": config.n_resamples, "seed": config.seed, "groups": images(frame)}
     by_k = []
     for k in sorted(config.consistency.ks):
-        share = np.array([consistency_score(s[:k], yes_no=True)[1] for s in samples])
+        share = _sc_share(frame, k)
         by_k.append({"k": k, "rpb": _try(point_biserial, correct, share, **kw),
                      "auroc": _try(auroc_ci, correct, share, **kw), "mean_S_SC": float(share.mean())})
     main = next(r for r in by_k if r["k"] == config.consistency.k)  # ConsistencyConfig puts k in ks

@@ -84,15 +84,29 @@ def _config(args: argparse.Namespace) -> Any:
                      interventions=not getattr(args, "no_interventions", False))
 
 
-def _pooled(frames: list[pd.DataFrame], config: Any) -> dict[str, Any]:
-    """R_pb of C_k and H_s with correctness over every model's questions (the paper's pooled row)."""
-    from vlmlens.vrp.analysis import correlations, to_jsonable
+POOLED = ("C_k", "H_s_norm")
+"""Measurements pooled over families: scale-free ones only (H_s in nats depends on the grid)."""
+
+
+def _pooled(frames: dict[str, pd.DataFrame], config: Any) -> dict[str, Any]:
+    """Meta-analytic R_pb of C_k and normalised H_s over the models (the paper's pooled row).
+
+    Each model keeps its own R_pb; see :mod:`vlmlens.vrp.pooling`.
+    """
+    from vlmlens.errors import DataError
+    from vlmlens.vrp.analysis import to_jsonable
+    from vlmlens.vrp.pooling import pool_correlations
 
     if len(frames) < 2:
         return {}
-    frame = pd.concat([f[["correct", "C_k", "H_s", "H_s_norm"]] for f in frames], ignore_index=True)
-    return to_jsonable(correlations(frame, ["C_k", "H_s", "H_s_norm"], n_resamples=config.n_resamples,
-                                    seed=config.seed))
+    out: dict[str, Any] = {}
+    for column in POOLED:
+        try:
+            out[column] = to_jsonable(pool_correlations(frames, column, n_resamples=config.n_resamples,
+                                                        seed=config.seed))
+        except DataError as err:
+            out[column] = f"undefined: {err}"
+    return out
 
 
 def reproduce(args: argparse.Namespace) -> dict[str, Any]:
@@ -120,7 +134,7 @@ def reproduce(args: argparse.Namespace) -> dict[str, Any]:
                    "dataset": str(args.pope) if args.pope else "SynthPOPE", **config.to_dict()},
         "models": {},
     }
-    frames, datasets, timings = [], {}, {}
+    frames, datasets, timings = {}, {}, {}
     for name in args.models:
         start = time.perf_counter()
         folder = args.out / name.replace("/", "__")
@@ -129,14 +143,14 @@ def reproduce(args: argparse.Namespace) -> dict[str, Any]:
         resume = args.resume or not (folder / "samples.csv").exists()
         result = run_vrp(model, dataset, config, out=folder, name=name, resume=resume)
         results["models"][name] = result.results
-        frames.append(result.samples.drop(columns=["attention_map"]).assign(model=name))
+        frames[name] = result.samples.drop(columns=["attention_map"]).assign(model=name)
         datasets[name] = dataset
         timings[name] = round(time.perf_counter() - start, 1)
         logger.info("VRP %s done in %.1f s", name, timings[name])
         _write_json(args.out / "results.json", results)
     results["pooled"] = _pooled(frames, config)
     _write_json(args.out / "results.json", results)
-    table = pd.concat(frames, ignore_index=True)
+    table = pd.concat(frames.values(), ignore_index=True)
     table[["model", *[c for c in table.columns if c != "model"]]].to_csv(args.out / "per_sample.csv", index=False)
     summary = summary_markdown(results, pooled=results["pooled"])
     (args.out / "summary.md").write_text(summary)

@@ -57,7 +57,17 @@ def _ci(lo: Any, hi: Any, digits: int = 3) -> str:
 def _corr(c: Any) -> tuple[str, str, str]:
     if isinstance(c, str) or c is None:
         return (str(c or "-").replace("|", "/"), "-", "-")
-    return _num(c["r"]), _ci(*c["fisher_ci"]), str(c["n"])
+    boot = "image" if c.get("clustered") else "question"
+    return _num(c["r"]), f"{_ci(*c['fisher_ci'])} Fisher; {_ci(*c['bootstrap_ci'])} {boot} bootstrap", str(c["n"])
+
+
+def _pooled_row(p: Any) -> tuple[str, str, str]:
+    """A meta-analytic R_pb: fixed effect, its independence CI, random effects, heterogeneity; CI by images."""
+    if isinstance(p, str):
+        return p.replace("|", "/"), "-", "-"
+    ours = (f"{p['r']:.3f} (fixed effect over {len(p['by_family'])} models, CI if independent "
+            f"{_ci(*p['fixed_ci'])}; random effects {p['random_r']:.3f}; I^2 {p['i2']:.2f}, Q p={p['q_p']:.3g})")
+    return ours, _ci(*p["bootstrap_ci"]), f"{p['n']} ({p['n_images']} images)"
 
 
 def _auroc(a: Any) -> tuple[str, str, str]:
@@ -69,6 +79,13 @@ def _auroc(a: Any) -> tuple[str, str, str]:
 def _drop(test: dict[str, Any], extra: str = "") -> tuple[str, str, str]:
     lo, hi = paired_diff_ci(test)
     return f"{test['drop_pp']:.1f} pp (McNemar p={test['p_value']:.3g}){extra}", f"[{lo}, {hi}]", str(test["n"])
+
+
+def _null(row: dict[str, Any]) -> str:
+    """`` (permutation p=..., null mean ...)`` for a probe row that has a null."""
+    if row.get("p_value") is None:
+        return ""
+    return f" (permutation p={row['p_value']:.3g} of {row['n_permutations']}, null mean {row['null_mean']:.3f})"
 
 
 def _layer(layer: int | None, n_layers: int) -> str:
@@ -94,14 +111,26 @@ def _rows(name: str, r: dict[str, Any]) -> list[tuple[str, ...]]:
         if isinstance(p, str):
             rows.append((f"hidden-state {label} probe AUROC", name, p, "-", "-", _paper("probe", fam)))
             continue
-        best = p["by_layer"][p["best_layer"]]
-        ours = f"{best['auroc']:.3f} at L{p['best_layer']} (shuffled {best['shuffled_auroc']:.3f})"
-        rows.append((f"hidden-state {label} probe AUROC, best layer", name, ours,
-                     _ci(best["auroc_lo"], best["auroc_hi"]), str(best["n_test"]),
-                     _paper("probe", fam) if kind == "logistic" else "-"))
+        sel = p["selected"]
+        rows.append((f"hidden-state {label} probe AUROC, layer chosen by CV on the training part", name,
+                     f"{_num(sel['auroc'])} at L{p['best_layer']}{_null(sel)}", _ci(sel["auroc_lo"], sel["auroc_hi"]),
+                     str(sel["n_test"]), _paper("probe", fam) if kind == "logistic" else "-"))
         c = p["concat"]
-        rows.append((f"{label} probe AUROC, last-{len(c['layers'])} concat", name, _num(c["auroc"]),
+        rows.append((f"{label} probe AUROC, last-{len(c['layers'])} concat", name, _num(c["auroc"]) + _null(c),
                      _ci(c["auroc_lo"], c["auroc_hi"]), str(c["n_test"]), "-"))
+    baselines = r["probes"].get("baselines", {})
+    if isinstance(baselines, str):
+        rows.append(("baseline AUROC (same split)", name, baselines.replace("|", "/"), "-", "-", "-"))
+    else:
+        for signal, b in baselines.items():
+            rows.append((f"baseline AUROC: {signal} (same split)", name, _num(b["auroc"]) + _null(b),
+                         _ci(b["auroc_lo"], b["auroc_hi"]), str(b["n_test"]), "-"))
+    for signal, cal in r.get("calibration", {}).items():
+        if isinstance(cal, str):
+            rows.append((f"ECE of {signal}", name, cal.replace("|", "/"), "-", "-", "-"))
+            continue
+        ours = f"{cal['ece']:.3f} (mean confidence {cal['mean_confidence']:.3f}, accuracy {cal['accuracy']:.3f})"
+        rows.append((f"ECE of {signal}", name, ours, _ci(*cal["ci"]), str(cal["n"]), "-"))
     sc = r["consistency"]
     rows.append((f"self-consistency K={sc['k']}, R_pb with correctness", name, *_corr(sc["rpb"]), _paper("sc_rpb", fam)))
     rows.append((f"self-consistency K={sc['k']}, AUROC", name, *_auroc(sc["auroc"]), _paper("sc_auroc", fam)))
@@ -181,15 +210,16 @@ def summary_markdown(results: dict[str, Any], pooled: dict[str, Any] | None = No
 
     Args:
         results: ``{"config": ..., "models": {name: per-model results}}`` (``results.json``).
-        pooled: Optional pooled R_pb rows ``{"C_k": corr, "H_s": corr}`` over all models.
+        pooled: Optional pooled R_pb over the models, ``{"C_k": ..., "H_s_norm": ...}``
+            (:func:`vlmlens.vrp.pooling.pool_correlations` results, JSON-ready).
     """
     models = results["models"]
     rows: list[tuple[str, ...]] = []
     for name, r in models.items():
         rows += _rows(name, r)
-    if pooled:
-        for key in ("C_k", "H_s"):
-            rows.append((f"R_pb({key}, correct)", "pooled", *_corr(pooled.get(key)), _paper(f"rpb_{key}", None)))
+    for key, paper in (("C_k", "rpb_C_k"), ("H_s_norm", "rpb_H_s")):
+        if pooled and key in pooled:
+            rows.append((f"R_pb({key}, correct)", "pooled over models", *_pooled_row(pooled[key]), _paper(paper, None)))
     rows.sort(key=_order)  # stable: models stay in order within a measurement
     sens = [row for name, r in models.items() for row in _sensitivity_rows(name, r)]
     config = json.dumps(results.get("config", {}), sort_keys=True, default=str)
@@ -202,13 +232,18 @@ def summary_markdown(results: dict[str, Any], pooled: dict[str, Any] | None = No
 
 
 _INTRO = ("Our value, its 95% CI and n beside the paper's (VRP.md, Headline numbers). Probe AUROC n is the "
-          "held-out split; drops are first-token accuracy, clean minus intervened.")
+          "held-out split, grouped by image; the probe layer is chosen by cross-validation on the training part "
+          "only, and each probe is read against its label-permutation null and the free baselines on the same "
+          "split. CIs of R_pb (bootstrap), AUROC and ECE resample images. Drops are first-token accuracy, clean "
+          "minus intervened. Pooled rows keep each model's own R_pb and pool them on Fisher's z scale; their CI "
+          "resamples images jointly in every model.")
 
-_ORDER = ("POPE", "R_pb(C_k", "R_pb(H_s", "attended patch masking", "linear probe", "MLP probe", "self-consistency",
-          "token confidence", "MLP-output dims ablation", "MLP neurons ablation", "probe-neuron ablation",
+_ORDER = ("POPE", "R_pb(C_k", "R_pb(H_s", "attended patch masking", "linear probe", "MLP probe", "baseline AUROC", "self-consistency",
+          "token confidence", "ECE", "MLP-output dims ablation", "MLP neurons ablation", "probe-neuron ablation",
           "dims destroyed", "peak visual", "best probe")
 
 
 def _order(row: tuple[str, ...]) -> int:
-    """Rows in the paper's order: the index of the first key the measurement contains."""
-    return next((i for i, key in enumerate(_ORDER) if key in row[0]), len(_ORDER))
+    """Rows in the paper's order: the index of the key found earliest in the measurement's name."""
+    found = [(row[0].find(key), i) for i, key in enumerate(_ORDER) if key in row[0]]
+    return min(found)[1] if found else len(_ORDER)

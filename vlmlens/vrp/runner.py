@@ -30,6 +30,7 @@ from vlmlens.vrp.ablation import (
 )
 from vlmlens.vrp.analysis import (
     attention_summary,
+    calibration_summary,
     consistency_summary,
     examples,
     margin_summary,
@@ -104,6 +105,7 @@ def _measure(model: Any, dataset: Any, config: VRPConfig, store: SampleStore, *,
         "attention": to_jsonable(attention_summary(frame, config)),
         "margins": to_jsonable(margins), "probes": probes.to_dict(),
         "consistency": to_jsonable(consistency_summary(frame, config)),
+        "calibration": to_jsonable(calibration_summary(frame, probes, config)),
         "masking": to_jsonable(masking_summary(frame, config)),
     }
     phase2, table = _interventions(model, dataset, config, store, frame, name=name, progress=progress,

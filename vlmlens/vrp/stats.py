@@ -100,6 +100,21 @@ def _check_ci(ci: tuple[float, float], what: str) -> None:
         raise DataError(f"{what} must be ordered (lo <= hi), got {ci}.")
 
 
+def _resampler(n: int, groups: Shaped[np.ndarray, " n"] | None, rng: np.random.Generator) -> Callable[[], np.ndarray]:
+    """A function drawing one bootstrap resample's row indices: rows, or whole clusters."""
+    if groups is None:
+        return lambda: rng.integers(0, n, size=n)
+    g = np.asarray(groups)
+    if g.shape != (n,):
+        raise DataError(f"groups needs one cluster id per row ({n}), got shape {g.shape}.")
+    _, inverse = np.unique(g, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    members = np.split(order, np.cumsum(np.bincount(inverse))[:-1])
+    if len(members) < 2:
+        raise DataError(f"a cluster bootstrap needs at least two clusters, got {len(members)}.")
+    return lambda: np.concatenate([members[c] for c in rng.integers(0, len(members), size=len(members))])
+
+
 def fisher_ci(r: float, n: int, level: float = 0.95) -> tuple[float, float]:
     """Fisher z confidence interval of a correlation: tanh(atanh(r) +- z / sqrt(n - 3)).
 
@@ -135,8 +150,12 @@ def bootstrap_ci(
     n_resamples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    groups: Shaped[np.ndarray, " n"] | None = None,
 ) -> tuple[float, float]:
     """Percentile bootstrap CI of ``statistic(*arrays)``, resampling rows jointly (paired).
+
+    With ``groups`` (one cluster id per row, e.g. the image), whole clusters are resampled
+    instead of rows, so the interval keeps the dependence between a cluster's rows.
 
     Resamples where the statistic is not finite (e.g. a correlation on a single-class
     resample) are dropped; how many is logged at DEBUG level.
@@ -147,12 +166,14 @@ def bootstrap_ci(
         n_resamples: Number of bootstrap resamples.
         seed: Seed of ``numpy.random.default_rng``; the same seed gives the same CI.
         level: The coverage.
+        groups: Cluster ids to resample by (``None``: rows).
 
     Returns:
         ``(lo, hi)``.
 
     Raises:
-        DataError: if no array is given, lengths differ, n < 2, or no resample is finite.
+        DataError: if no array is given, lengths differ, n < 2 (or fewer than 2 clusters), or
+            no resample is finite.
 
     Examples:
         >>> lo, hi = bootstrap_ci(np.mean, np.arange(100.0), n_resamples=200)
@@ -168,10 +189,10 @@ def bootstrap_ci(
     n = check_same_length(**{f"arrays[{i}]": a for i, a in enumerate(data)})
     if n < 2:
         raise DataError(f"bootstrap_ci needs n >= 2 rows, got n={n}.")
-    rng = np.random.default_rng(seed)
+    draw = _resampler(n, groups, np.random.default_rng(seed))
     values = np.empty(n_resamples)
     for i in range(n_resamples):
-        idx = rng.integers(0, n, size=n)
+        idx = draw()
         values[i] = float(statistic(*(a[idx] for a in data)))
     ci, dropped = _percentile_ci(values, level, n)
     logger.debug("bootstrap_ci dropped %d of %d resamples as non-finite", dropped, n_resamples)
@@ -189,6 +210,7 @@ class Correlation:
         fisher_ci: Fisher z interval ``(lo, hi)``.
         bootstrap_ci: Percentile bootstrap interval ``(lo, hi)``.
         level: Coverage of both intervals.
+        clustered: Whether the bootstrap resampled clusters (images) rather than pairs.
     """
 
     r: float
@@ -197,6 +219,7 @@ class Correlation:
     fisher_ci: tuple[float, float]
     bootstrap_ci: tuple[float, float]
     level: float = 0.95
+    clustered: bool = False
 
     def __post_init__(self) -> None:
         if not -1.0 <= self.r <= 1.0 or self.n < 4:
@@ -220,6 +243,7 @@ def point_biserial(
     n_resamples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    groups: Shaped[np.ndarray, " batch"] | None = None,
 ) -> Correlation:
     """Point-biserial correlation R_pb of a 0/1 outcome with a continuous measurement.
 
@@ -229,6 +253,8 @@ def point_biserial(
         n_resamples: Bootstrap resamples for ``bootstrap_ci``.
         seed: Bootstrap seed.
         level: Coverage of the CIs.
+        groups: Cluster ids (e.g. images): the bootstrap then resamples whole clusters
+            (``Correlation.clustered``); the Fisher CI always assumes independent pairs.
 
     Returns:
         A :class:`Correlation` (``scipy.stats.pointbiserialr`` for r and p).
@@ -258,8 +284,9 @@ def point_biserial(
         p=float(res.pvalue),
         n=n,
         fisher_ci=fisher_ci(r, n, level),
-        bootstrap_ci=bootstrap_ci(_pb_r, y, x, n_resamples=n_resamples, seed=seed, level=level),
+        bootstrap_ci=bootstrap_ci(_pb_r, y, x, n_resamples=n_resamples, seed=seed, level=level, groups=groups),
         level=level,
+        clustered=groups is not None,
     )
 
 
@@ -274,6 +301,7 @@ class AUROC:
         n_pos: Positives (label True); ``n_neg``: negatives.
         n_skipped: Resamples skipped because they held a single class.
         level: Coverage of ``ci``.
+        clustered: Whether the bootstrap resampled clusters (images) rather than samples.
     """
 
     auroc: float
@@ -283,6 +311,7 @@ class AUROC:
     n_neg: int
     n_skipped: int = 0
     level: float = 0.95
+    clustered: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.auroc <= 1.0:
@@ -295,7 +324,7 @@ class AUROC:
         _check_ci(self.ci, "AUROC.ci")
 
 
-def _rank_auroc(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+def rank_auroc(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Row-wise AUROC by the Mann-Whitney rank sum (equals roc_auc_score; ties averaged)."""
     ranks = sps.rankdata(scores, axis=-1)
     n_pos = labels.sum(axis=-1)
@@ -311,6 +340,7 @@ def auroc_ci(
     n_resamples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    groups: Shaped[np.ndarray, " batch"] | None = None,
 ) -> AUROC:
     """AUROC of ``scores`` for predicting ``labels``, with a paired bootstrap CI.
 
@@ -321,6 +351,7 @@ def auroc_ci(
             counted in ``AUROC.n_skipped``.
         seed: Bootstrap seed.
         level: Coverage of the CI.
+        groups: Cluster ids (e.g. images): the bootstrap then resamples whole clusters.
 
     Returns:
         An :class:`AUROC`.
@@ -345,12 +376,17 @@ def auroc_ci(
         raise DataError(f"n_resamples must be >= 1, got {n_resamples}.")
     _z(level)  # validates level
     rng = np.random.default_rng(seed)
-    chunk = max(1, _BOOTSTRAP_CELLS // n)
-    values = []
-    for start in range(0, n_resamples, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, n_resamples - start), n))
-        values.append(_rank_auroc(y[idx], s[idx]))
-    ci, skipped = _percentile_ci(np.concatenate(values), level, n)
+    if groups is None:
+        chunk = max(1, _BOOTSTRAP_CELLS // n)
+        values = []
+        for start in range(0, n_resamples, chunk):
+            idx = rng.integers(0, n, size=(min(chunk, n_resamples - start), n))
+            values.append(rank_auroc(y[idx], s[idx]))
+        resampled = np.concatenate(values)
+    else:
+        draw = _resampler(n, groups, rng)
+        resampled = np.array([rank_auroc(y[idx][None], s[idx][None])[0] for idx in (draw() for _ in range(n_resamples))])
+    ci, skipped = _percentile_ci(resampled, level, n)
     return AUROC(
         auroc=float(roc_auc_score(y, s)),
         ci=ci,
@@ -359,6 +395,7 @@ def auroc_ci(
         n_neg=n - n_pos,
         n_skipped=skipped,
         level=level,
+        clustered=groups is not None,
     )
 
 

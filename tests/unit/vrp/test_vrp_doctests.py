@@ -8,9 +8,13 @@ import pytest
 
 MODULES = [
     "vlmlens.vrp.attention",
+    "vlmlens.vrp.calibration",
     "vlmlens.vrp.consistency",
+    "vlmlens.vrp.logistic",
     "vlmlens.vrp.margins",
+    "vlmlens.vrp.pooling",
     "vlmlens.vrp.probes",
+    "vlmlens.vrp.splits",
     "vlmlens.vrp.stats",
 ]
 

@@ -17,7 +17,10 @@ CONFIG = vrp.VRPConfig(
     masking=vrp.MaskingConfig(fraction=0.3, sensitivity=(0.2, 0.3)),
     ablation=vrp.AblationConfig(k=2, ks=(1, 2), random_draws=1),
     destruction=vrp.DestructionConfig(n_dims=2, fractions=(0.5,)),
+    probe=vrp.ProbeConfig(test_size=0.5, cv_folds=2, cv_repeats=1, n_permutations=5),
+    mlp_probe=vrp.ProbeConfig(kind="mlp", test_size=0.5, cv_folds=2, cv_repeats=1, n_permutations=5),
 )
+N_IMAGES = 4  # grouped by image: two images on each side of the split, two CV folds inside the training part
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,7 @@ def result(tmp_path_factory):
     torch.set_num_threads(1)  # tiny matrices: one thread is several times faster on shared cores
     try:
         model = tiny_vlm("qwen2_vl")
-        dataset = synth_pope("adversarial", 2, seed=0)
+        dataset = synth_pope("adversarial", N_IMAGES, seed=0)
         return model, dataset, vrp.run(model, dataset, CONFIG, out=tmp_path_factory.mktemp("vrp"), name="tiny")
     finally:
         torch.set_num_threads(threads)
@@ -36,11 +39,18 @@ def result(tmp_path_factory):
 def test_every_measurement_is_reported(result) -> None:
     _, dataset, res = result
     r = res.results
-    assert r["n"] == len(dataset) == 12 and r["pope"]["n"] == 12
+    assert r["n"] == len(dataset) == 6 * N_IMAGES and r["pope"]["n"] == 6 * N_IMAGES
     assert set(r["attention"]["rpb"]) == {"C_k", "H_s", "H_s_norm", "object_mass"}
     assert len(r["attention"]["H_s_by_layer"]) == 2 and len(r["attention"]["dH_s_by_layer"]) == 1
     assert len(r["margins"]["truth"]) == 2 and 0 <= r["margins"]["peak_visual_layer"] < 2
-    assert set(r["probes"]) == {"logistic", "mlp"}
+    assert set(r["probes"]) == {"logistic", "mlp", "baselines"}
+    for kind in ("logistic", "mlp"):
+        p = r["probes"][kind]
+        assert isinstance(p, dict), p  # defined: both outcomes on both sides of the grouped split
+        assert p["n_groups"] == N_IMAGES and p["selected"]["n_permutations"] == 5
+        assert p["best_layer"] == int(np.argmax([row["cv_auroc"] for row in p["by_layer"]]))
+    assert set(r["probes"]["baselines"]) == set(vrp.analysis.BASELINES)
+    assert set(r["calibration"]) == {"token confidence", "self-consistency", "logistic probe", "mlp probe"}
     assert [row["k"] for row in r["consistency"]["by_k"]] == [2, 3]
     assert [row["fraction"] for row in r["masking"]["by_fraction"]] == [0.2, 0.3]
     assert set(r["ablation"]) == {"layer", "mlp_out", "mlp_post"}
@@ -78,7 +88,7 @@ def test_summary_figures_report_and_table(result) -> None:
     page = report_html({"models": {res.name: res.results}}, summary=summary)
     assert page.count("<table>") == 2 and "<script src" not in page
     frame = res.to_frame()
-    assert len(frame) == 12 and {"S_SC", "confidence", "ablate_mlp_out_top_k2", "destroy_ranked_n32"} <= set(frame)
+    assert len(frame) == 6 * N_IMAGES and {"S_SC", "confidence", "ablate_mlp_out_top_k2", "destroy_ranked_n32"} <= set(frame)
 
 
 @pytest.mark.slow

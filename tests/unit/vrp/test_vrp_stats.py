@@ -13,7 +13,6 @@ from vlmlens.errors import DataError
 from vlmlens.vrp.stats import (
     AUROC,
     Correlation,
-    _rank_auroc,
     as_binary,
     as_finite,
     auroc_ci,
@@ -22,6 +21,7 @@ from vlmlens.vrp.stats import (
     fisher_ci,
     mcnemar_exact,
     point_biserial,
+    rank_auroc,
 )
 
 SHAPE_ERRORS = (DataError, TypeCheckError)  # TypeCheckError when runtime checking is on
@@ -165,7 +165,7 @@ def test_rank_auroc_equals_sklearn_on_each_row() -> None:
     labels = rng.random((20, 30)) < 0.5
     scores = rng.integers(0, 5, size=(20, 30)).astype(float)
     expected = [roc_auc_score(lab, sc) for lab, sc in zip(labels, scores, strict=True)]
-    np.testing.assert_allclose(_rank_auroc(labels, scores), expected)
+    np.testing.assert_allclose(rank_auroc(labels, scores), expected)
 
 
 def test_auroc_counts_single_class_resamples() -> None:
