@@ -38,7 +38,14 @@ from vlmlens.progress import progress_bar
 from vlmlens.sites import Point, Site, Tower
 from vlmlens.vrp.config import AblationConfig, DestructionConfig, LayerChoice, VRPConfig
 from vlmlens.vrp.pipeline import AnswerTokens, batches_of
-from vlmlens.vrp.stats import McNemar, as_binary, as_finite, mcnemar_exact
+from vlmlens.vrp.stats import (
+    ALPHA,
+    McNemar,
+    as_binary,
+    as_finite,
+    mcnemar_exact,
+    sweep_verdict,
+)
 from vlmlens.vrp.store import SampleStore
 
 __all__ = [
@@ -51,9 +58,6 @@ __all__ = [
     "rank_dimensions",
     "run_interventions",
 ]
-
-ALPHA = 0.05
-"""Significance level of the verdict the k sweep compares."""
 
 ABLATION_POINTS = {"mlp_out": Point.MLP_OUT, "mlp_post": Point.MLP_POST}
 """Feature name -> site of the neuron ablation: MLP output dims and true MLP neurons."""
@@ -277,8 +281,8 @@ class AblationResult:
         random_drop_pp: Mean accuracy drop over the random draws.
         excess_drop_pp: ``top.drop_pp - random_drop_pp``.
         by_k: Per k swept: ``{"k", "top_drop_pp", "top_p", "random_drop_pp", "excess_drop_pp"}``.
-        holds: Whether the verdict "top-k significantly hurts (McNemar p < 0.05), more than
-            random" at every k swept matches the verdict at ``k``.
+        verdict: :func:`~vlmlens.vrp.stats.sweep_verdict` of "top-k significantly hurts
+            (McNemar p < 0.05), more than random" over the k swept.
     """
 
     site: str
@@ -289,7 +293,7 @@ class AblationResult:
     random_drop_pp: float
     excess_drop_pp: float
     by_k: tuple[dict[str, float | int], ...]
-    holds: bool
+    verdict: str
 
     def __post_init__(self) -> None:
         if not self.random or not self.by_k:
@@ -319,7 +323,7 @@ def ablation_result(first_correct: np.ndarray, table: pd.DataFrame, plan: Mappin
         site=conds[0]["site"], k=config.k, dims=main["_dims"], top=main["_top"], random=main["_random"],
         random_drop_pp=main["random_drop_pp"], excess_drop_pp=main["excess_drop_pp"],
         by_k=tuple({k: v for k, v in row.items() if not k.startswith("_")} for row in by_k),
-        holds=all(claim(row) == claim(main) for row in by_k),
+        verdict=sweep_verdict([claim(row) for row in by_k]),
     )
 
 

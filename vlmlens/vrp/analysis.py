@@ -36,12 +36,14 @@ from vlmlens.vrp.probes import (
     probe_layers,
 )
 from vlmlens.vrp.stats import (
+    ALPHA,
     AUROC,
     Correlation,
     McNemar,
     auroc_ci,
     mcnemar_exact,
     point_biserial,
+    sweep_verdict,
 )
 from vlmlens.vrp.store import SampleStore
 
@@ -65,10 +67,6 @@ __all__ = [
 
 Undefined = str
 """Why a statistic could not be computed on this data."""
-
-ALPHA = 0.05
-"""Significance level of the verdicts the sensitivity sweeps compare."""
-
 
 def to_jsonable(value: Any) -> Any:
     """Plain JSON types from results: dataclasses, tuples, numpy scalars and arrays, NaN -> None."""
@@ -130,6 +128,11 @@ class AttentionSummary:
         dH_s_by_layer: Mean first difference of H_s between consecutive layers.
         object_mass_mean: Mean share of attention on the queried object's patches (or None).
         C_k_mean: Mean cluster count.
+        layers: The layer range M averaged (``VRPConfig.attention_layers``).
+        sweep: R_pb at every swept setting: ``{"measure", "setting", "rpb"}`` (settings from
+            :class:`~vlmlens.vrp.config.AttentionSweepConfig`).
+        verdicts: Per measure (``C_k``, ``H_s_norm``), :func:`sweep_verdict` over the reported
+            and the swept settings (a significant R_pb: Fisher CI excluding 0).
     """
 
     rpb: dict[str, Correlation | Undefined]
@@ -137,18 +140,29 @@ class AttentionSummary:
     dH_s_by_layer: tuple[float, ...]
     object_mass_mean: float | None
     C_k_mean: float
+    layers: str = "family"
+    sweep: tuple[dict[str, Any], ...] = ()
+    verdicts: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def attention_summary(frame: pd.DataFrame, config: VRPConfig) -> AttentionSummary:
-    """R_pb of the attention metrics with correctness, and the mean entropy per layer."""
+    """R_pb of the attention metrics with correctness, at the reported and the swept settings."""
     h = _layers(frame, "H_s_layers")
     mass = frame["object_mass"].to_numpy(dtype=float)
+    kw = {"n_resamples": config.n_resamples, "seed": config.seed}
+    rpb = correlations(frame, ["C_k", "H_s", "H_s_norm", "object_mass"], **kw)
+    sw = config.attention_sweep
+    settings = [("H_s_norm", c) for c in sw.layer_columns()] + [("C_k", c) for c in sw.layer_columns()]
+    settings += [("C_k", c) for c in sw.dbscan_columns()]
+    present = [(m, c) for m, c in settings if f"{m}{c}" in frame]
+    swept = correlations(frame, [f"{m}{c}" for m, c in present], **kw)
+    sweep = tuple({"measure": m, "setting": c.lstrip("@"), "rpb": swept[f"{m}{c}"]} for m, c in present)
+    verdicts = {m: sweep_verdict([_verdict(rpb[m])] + [_verdict(row["rpb"]) for row in sweep if row["measure"] == m])
+                for m in ("C_k", "H_s_norm")}
     return AttentionSummary(
-        rpb=correlations(frame, ["C_k", "H_s", "H_s_norm", "object_mass"], n_resamples=config.n_resamples,
-                         seed=config.seed),
-        H_s_by_layer=tuple(h.mean(0)), dH_s_by_layer=tuple(np.diff(h, axis=1).mean(0)),
+        rpb=rpb, H_s_by_layer=tuple(h.mean(0)), dH_s_by_layer=tuple(np.diff(h, axis=1).mean(0)),
         object_mass_mean=float(np.nanmean(mass)) if np.isfinite(mass).any() else None,
-        C_k_mean=float(frame["C_k"].mean()),
+        C_k_mean=float(frame["C_k"].mean()), layers=config.attention_layers, sweep=sweep, verdicts=verdicts,
     )
 
 
@@ -296,8 +310,8 @@ class ConsistencySummary:
         by_k: Per K swept: ``{"k", "rpb", "auroc"}``.
         confidence_rpb: R_pb(token confidence, correct); ``confidence_auroc`` its AUROC.
         mean_S_SC: Mean S_SC at K.
-        holds: Whether the verdict at every K matches K's: a positive, a negative or no
-            significant R_pb (Fisher CI excluding 0).
+        verdict: :func:`sweep_verdict` over the K swept (a significant R_pb: Fisher CI
+            excluding 0).
     """
 
     k: int
@@ -307,7 +321,7 @@ class ConsistencySummary:
     confidence_rpb: Correlation | Undefined
     confidence_auroc: AUROC | Undefined
     mean_S_SC: float
-    holds: bool | None
+    verdict: str
 
 
 def _verdict(c: Correlation | Undefined) -> int | None:
@@ -327,13 +341,12 @@ def consistency_summary(frame: pd.DataFrame, config: VRPConfig) -> ConsistencySu
         by_k.append({"k": k, "rpb": _try(point_biserial, correct, share, **kw),
                      "auroc": _try(auroc_ci, correct, share, **kw), "mean_S_SC": float(share.mean())})
     main = next(r for r in by_k if r["k"] == config.consistency.k)  # ConsistencyConfig puts k in ks
-    claim = _verdict(main["rpb"])
     conf = frame["confidence"].to_numpy(dtype=float)
     return ConsistencySummary(
         k=config.consistency.k, rpb=main["rpb"], auroc=main["auroc"], by_k=tuple(by_k),
         confidence_rpb=_try(point_biserial, correct, conf, **kw), confidence_auroc=_try(auroc_ci, correct, conf, **kw),
         mean_S_SC=main["mean_S_SC"],
-        holds=None if claim is None else all(_verdict(r["rpb"]) == claim for r in by_k),
+        verdict=sweep_verdict([_verdict(r["rpb"]) for r in by_k]),
     )
 
 
@@ -345,8 +358,8 @@ class MaskingSummary:
         fraction: The reported share.
         top: Masking the most-attended patches; ``bottom`` the least; ``random`` random ones.
         by_fraction: Per share swept: ``{"fraction", "top", "bottom", "random"}`` McNemar tests.
-        holds: Whether the verdict "masking the top patches significantly hurts (McNemar
-            p < 0.05), more than random masking" at every share matches the reported share's.
+        verdict: :func:`sweep_verdict` of "masking the top patches significantly hurts
+            (McNemar p < 0.05), more than random masking" over the shares swept.
     """
 
     fraction: float
@@ -354,7 +367,7 @@ class MaskingSummary:
     bottom: McNemar
     random: McNemar
     by_fraction: tuple[dict[str, Any], ...]
-    holds: bool
+    verdict: str
 
 
 def masking_summary(frame: pd.DataFrame, config: VRPConfig) -> MaskingSummary:
@@ -373,7 +386,7 @@ def masking_summary(frame: pd.DataFrame, config: VRPConfig) -> MaskingSummary:
 
     return MaskingSummary(fraction=config.masking.fraction, top=main["top"], bottom=main["bottom"],
                           random=main["random"], by_fraction=tuple(by_fraction),
-                          holds=all(claim(r) == claim(main) for r in by_fraction))
+                          verdict=sweep_verdict([claim(r) for r in by_fraction]))
 
 
 def examples(frame: pd.DataFrame, n: int) -> list[dict[str, Any]]:

@@ -7,9 +7,18 @@ Tie rule for C_k: a patch is kept when its value is ``>=`` the percentile thresh
 ties at the threshold are all kept. On a map where fewer than 10% of patches carry mass
 (e.g. a one-hot map) the 90th percentile equals the background value and every patch is
 kept; the whole grid then forms one cluster and C_k = 1.
+
+Small-grid rule for C_k: at least ``min_samples`` patches are kept (the top ones, ties
+kept), so that one cluster is possible at all. It only matters for grids of fewer than
+``min_samples / (1 - percentile / 100)`` patches (30 at the defaults), e.g. a 4x4 grid,
+whose top 10% is 2 patches and whose C_k would otherwise be 0 for every map.
+
+Layer rule for M (:func:`attention_layers`): ``"family"`` takes the paper's range per
+family (LLaVA the second half of the layers, PaliGemma and Qwen2-VL all layers).
 """
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 from jaxtyping import Float, Shaped
@@ -79,8 +88,9 @@ def cluster_count(
     """Cluster count C_k: DBSCAN clusters among the patches at or above a percentile.
 
     Patches with ``M >= np.percentile(M, percentile)`` (numpy's default linear
-    interpolation; ties at the threshold are kept, see the module docstring) are clustered
-    by DBSCAN on their (row, col) grid coordinates; noise points are not a cluster.
+    interpolation; ties at the threshold are kept, see the module docstring), and at least
+    the top ``min_samples`` patches (the small-grid rule), are clustered by DBSCAN on their
+    (row, col) grid coordinates; noise points are not a cluster.
 
     Args:
         m: Non-negative map over the patch grid, shape ``(rows, cols)``.
@@ -106,7 +116,8 @@ def cluster_count(
     if min_samples < 1:
         raise DataError(f"min_samples must be >= 1, got {min_samples}.")
     p = _as_map(m)
-    coords = np.argwhere(p >= np.percentile(p, percentile))
+    threshold = min(np.percentile(p, percentile), np.sort(p, axis=None)[-min(min_samples, p.size)])
+    coords = np.argwhere(p >= threshold)
     if len(coords) < min_samples:
         return 0
     labels = DBSCAN(eps=eps, min_samples=min_samples).fit(coords).labels_
@@ -170,6 +181,27 @@ def object_attention_mass(
     if not mask_arr.any():
         raise DataError("object_mask selects no patch; the object mass would be undefined.")
     return float(p.reshape(-1)[mask_arr].sum())
+
+
+LayerRange = Literal["family", "second_half", "all"]
+"""Which text layers M averages: the paper's per family, the second half, or all."""
+
+PAPER_LAYERS: dict[str, Literal["second_half", "all"]] = {"llava": "second_half", "paligemma": "all",
+                                                          "qwen2_vl": "all"}
+"""The paper's layer range for M per family (LLaVA 16-31 of 32; the others all layers)."""
+
+
+def attention_layers(choice: LayerRange, n_layers: int, family: str) -> range:
+    """The 0-based layers M averages for ``choice`` (see the module's layer rule).
+
+    Examples:
+        >>> attention_layers("family", 32, "llava"), attention_layers("family", 18, "paligemma")
+        (range(16, 32), range(0, 18))
+    """
+    if choice not in ("family", "second_half", "all"):
+        raise DataError(f"attention layers must be 'family', 'second_half' or 'all', got {choice!r}.")
+    resolved = PAPER_LAYERS.get(family, "second_half") if choice == "family" else choice
+    return default_layers(n_layers) if resolved == "second_half" else range(n_layers)
 
 
 def default_layers(n_layers: int) -> range:

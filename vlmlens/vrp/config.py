@@ -18,6 +18,7 @@ from vlmlens.vrp.probes import ProbeConfig
 
 __all__ = [
     "AblationConfig",
+    "AttentionSweepConfig",
     "ConsistencyConfig",
     "DestructionConfig",
     "MaskingConfig",
@@ -66,6 +67,36 @@ class MaskingConfig:
     def fractions(self) -> tuple[float, ...]:
         """Every share measured, sorted."""
         return tuple(sorted(set(self.sensitivity)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttentionSweepConfig:
+    """The settings the attention metrics are recomputed at, to see whether R_pb depends on them.
+
+    Attributes:
+        layers: Layer ranges of M (besides the reported one): ``"second_half"``, ``"all"``.
+        percentiles: C_k thresholds (the reported one is 90).
+        eps: DBSCAN radii in patches (the reported one is 1.5).
+    """
+
+    layers: tuple[Literal["second_half", "all"], ...] = ("second_half", "all")
+    percentiles: tuple[float, ...] = (80.0, 90.0, 95.0)
+    eps: tuple[float, ...] = (1.0, 1.5, 2.0)
+
+    def __post_init__(self) -> None:
+        if any(v not in ("second_half", "all") for v in self.layers):
+            raise DataError(f"AttentionSweepConfig.layers takes 'second_half' / 'all', got {self.layers}.")
+        if any(not 0 <= v <= 100 for v in self.percentiles) or any(not v > 0 for v in self.eps):
+            raise DataError(f"AttentionSweepConfig needs percentiles in [0, 100] and eps > 0, got "
+                            f"{self.percentiles}, {self.eps}.")
+
+    def layer_columns(self) -> dict[str, str]:
+        """Column suffix -> layer range: ``C_k`` and ``H_s_norm`` recomputed on M of those layers."""
+        return {f"@{layers}": layers for layers in self.layers}
+
+    def dbscan_columns(self) -> dict[str, tuple[float, float]]:
+        """Column suffix -> (percentile, eps): ``C_k`` of the reported M with other DBSCAN settings."""
+        return {f"@p{p:g}_eps{e:g}": (p, e) for p in self.percentiles for e in self.eps}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -188,7 +219,10 @@ class VRPConfig:
     Attributes:
         batch_size: Questions per forward. Batches are fixed by dataset order, so a resumed
             run sees the same batches as an uninterrupted one.
-        attention_layers: ``"second_half"`` or ``"all"`` text layers for the map M (**choice**).
+        attention_layers: Text layers of the map M: ``"family"`` (the paper's per family:
+            LLaVA the second half, PaliGemma and Qwen2-VL all), ``"second_half"`` or ``"all"``.
+        attention_sweep: Other layer ranges and DBSCAN settings the attention R_pb is
+            recomputed at.
         seed: Seeds masks, sampling, probes, random controls and bootstraps.
         suffix: Append POPE's "Answer the question using a single word or phrase." to every
             question (**choice**; off by default because the toy zoo was trained mostly without it).
@@ -205,7 +239,8 @@ class VRPConfig:
     """
 
     batch_size: int = 8
-    attention_layers: Literal["second_half", "all"] = "second_half"
+    attention_layers: Literal["family", "second_half", "all"] = "family"
+    attention_sweep: AttentionSweepConfig = field(default_factory=AttentionSweepConfig)
     seed: int = 0
     suffix: bool = False
     n_resamples: int = 1000
@@ -221,8 +256,8 @@ class VRPConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise DataError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.attention_layers not in ("second_half", "all"):
-            raise DataError(f"attention_layers must be 'second_half' or 'all', got {self.attention_layers!r}")
+        if self.attention_layers not in ("family", "second_half", "all"):
+            raise DataError(f"attention_layers must be 'family', 'second_half' or 'all', got {self.attention_layers!r}")
         if self.seed < 0 or self.n_resamples < 1 or self.n_examples < 0:
             raise DataError(f"VRPConfig needs seed >= 0, n_resamples >= 1 and n_examples >= 0, got seed={self.seed}, "
                             f"n_resamples={self.n_resamples}, n_examples={self.n_examples}.")

@@ -172,11 +172,19 @@ def _sensitivity_rows(name: str, r: dict[str, Any]) -> list[tuple[str, ...]]:
     rows = [("mask share", name, fmt([f"{round(100 * row['fraction'])}%: top {row['top']['drop_pp']:.1f} / "
                                       f"random {row['random']['drop_pp']:.1f} pp" for row in m["by_fraction"]]),
              f"top patches hurt significantly (p<0.05) and more than random? {', '.join(hurts)}"
-             + _holds(m["holds"]))]
+             + _holds(m["verdict"]))]
+    att = r["attention"]
+    for measure in ("C_k", "H_s_norm"):
+        settings = [row for row in att.get("sweep", ()) if row["measure"] == measure]
+        if settings:
+            rows.append((f"{measure}: M's layers and DBSCAN settings", name,
+                         fmt([f"{row['setting']}: R_pb {_corr(row['rpb'])[0]}" for row in settings]),
+                         f"significance and sign of R_pb (reported: {att['layers']} layers)"
+                         + _holds(att["verdicts"][measure])))
     sc = r["consistency"]
     rows.append(("self-consistency K", name, fmt([f"K={row['k']}: R_pb {_corr(row['rpb'])[0]}"
                                                  for row in sc["by_k"]]),
-                 "significance and sign of R_pb" + _holds(sc["holds"])))
+                 "significance and sign of R_pb" + _holds(sc["verdict"])))
     if not isinstance(r["ablation"], str):
         for point in ("mlp_out", "mlp_post"):
             a = r["ablation"][point]
@@ -187,13 +195,12 @@ def _sensitivity_rows(name: str, r: dict[str, Any]) -> list[tuple[str, ...]]:
                          fmt([f"k={row['k']}: {row['top_drop_pp']:.1f} vs {row['random_drop_pp']:.1f} pp"
                               for row in a["by_k"]]),
                          f"top-k hurts significantly (p<0.05) and more than random? {', '.join(hurts)}"
-                         + _holds(a["holds"])))
+                         + _holds(a["verdict"])))
     return rows
 
 
-def _holds(holds: bool | None) -> str:
-    return {True: " (same verdict at every setting)", False: " (verdict changes with the setting)",
-            None: " (undefined)"}[holds]
+def _holds(verdict: str) -> str:
+    return f" — {verdict}"
 
 
 def _yes(verdict: bool) -> str:

@@ -37,6 +37,7 @@ from vlmlens.progress import progress_bar
 from vlmlens.sites import Point, Site, Tower
 from vlmlens.vrp.attention import (
     aggregate_attention,
+    attention_layers,
     cluster_count,
     entropy_evolution,
     object_attention_mass,
@@ -186,7 +187,9 @@ def measure_batch(model: Any, dataset: Any, chunk: Sequence[Any], config: VRPCon
     yes_no, truth = _margins(_per_layer_logits(model, cache), tokens, labels)
     yes_no_blank, truth_blank = _margins(_per_layer_logits(model, blank_cache), tokens, labels)
     first = tokens.first_answers(logits, batch.layout.last_prompt)
-    layers = list(range(n_layers // 2 if config.attention_layers == "second_half" else 0, n_layers))
+    layers = list(attention_layers(config.attention_layers, n_layers, model.family))
+    sweep_layers = {column: list(attention_layers(choice, n_layers, model.family))
+                    for column, choice in config.attention_sweep.layer_columns().items()}
     rows, maps_last = [], []
     for b, item in enumerate(chunk):
         positions = batch.layout.image_positions(b)
@@ -214,6 +217,11 @@ def measure_batch(model: Any, dataset: Any, chunk: Sequence[Any], config: VRPCon
             "grid": json.dumps(list(grid)), "attention_map": _round(m, 6),
             "first_answer": first[b], "first_correct": int(first[b] == item.label),
         })  # fmt: skip
+        for column, chosen in sweep_layers.items():
+            ms = m if chosen == layers else aggregate_attention(pattern_rows, grid, layers=chosen)
+            rows[-1].update({f"C_k{column}": cluster_count(ms), f"H_s_norm{column}": spatial_entropy(ms, normalized=True)})
+        for column, (pct, eps) in config.attention_sweep.dbscan_columns().items():
+            rows[-1][f"C_k{column}"] = cluster_count(m, percentile=pct, eps=eps)
     names, conditions = _mask_conditions(maps_last, qids, config)
     masked = sweep(model, batch, conditions)
     for name, condition_logits in zip(names, masked):

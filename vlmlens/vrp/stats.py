@@ -6,7 +6,7 @@ other ``vlmlens.vrp`` modules.
 """
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 
 ArrayOrTensor = np.ndarray | torch.Tensor
 """What the measurement functions accept: a numpy array or a torch tensor (any device)."""
+
+ALPHA = 0.05
+"""Significance level of the findings a sensitivity sweep compares (:func:`sweep_verdict`)."""
 
 _BOOTSTRAP_CELLS = 2_000_000  # resamples x n that auroc_ci holds in memory at once
 
@@ -548,3 +551,24 @@ def cluster_sign_flip_p(
     signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(n_permutations, len(sums)))
     extreme = int(np.sum(np.abs(signs @ sums) >= observed - tol))
     return (extreme + 1) / (n_permutations + 1)
+
+
+def sweep_verdict(findings: Sequence[int | bool | None]) -> str:
+    """What a sensitivity sweep says, from each setting's finding.
+
+    A finding is +1 / -1 (a significant effect of that sign), 0 or False (no significant
+    effect), True (the claimed effect) or None (undefined). "Null at every setting" is not
+    robustness of an effect: it is kept apart from "robust".
+
+    Examples:
+        >>> sweep_verdict([1, 1, 1]), sweep_verdict([0, 0]), sweep_verdict([True, False])
+        ('robust: the same effect at every setting', 'null at every setting', 'depends on the setting')
+    """
+    if any(f is None for f in findings):
+        return "undefined at some setting"
+    values = [int(f) for f in findings]
+    if all(v == 0 for v in values):
+        return "null at every setting"
+    if len(set(values)) == 1:
+        return "robust: the same effect at every setting"
+    return "depends on the setting"

@@ -104,10 +104,16 @@ def test_tie_rule_keeps_every_patch_at_the_threshold() -> None:
     assert cluster_count(np.ones((16, 16))) == 1
 
 
-def test_fewer_points_than_min_samples_give_zero() -> None:
+def test_at_least_min_samples_patches_are_kept_so_small_grids_can_cluster() -> None:
     m = np.arange(100.0).reshape(10, 10)
     assert cluster_count(m) == 1  # values >= 89.1: the 10 patches of the last row
-    assert cluster_count(m, percentile=99) == 0  # only the top patch is kept
+    assert cluster_count(m, percentile=99) == 1  # 99th percentile keeps 1 patch; the rule keeps the top 3, adjacent
+    small = np.zeros((4, 4))
+    small[0, 0], small[0, 1], small[1, 1] = 3.0, 2.0, 1.0  # a 4x4 grid: its top 10% is 2 patches
+    assert cluster_count(small) == 1
+    small[1, 1], small[3, 3] = 0.0, 1.0  # the third patch far away: DBSCAN calls all three noise
+    assert cluster_count(small) == 0
+    assert cluster_count(np.ones((1, 2))) == 0  # fewer patches than min_samples
 
 
 def test_cluster_count_rejects_bad_parameters() -> None:

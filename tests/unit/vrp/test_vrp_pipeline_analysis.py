@@ -52,7 +52,7 @@ def test_self_consistency_that_tracks_correctness_scores_auroc_one() -> None:
     assert res.mean_S_SC == pytest.approx(0.75)
     assert [row["k"] for row in res.by_k] == [2, 4]
     assert res.confidence_auroc.auroc == 1.0
-    assert res.holds is True
+    assert res.verdict == "robust: the same effect at every setting"
     assert to_jsonable(res)["auroc"]["n"] == N
 
 
@@ -62,7 +62,7 @@ def test_masking_drops_and_exact_mcnemar() -> None:
     assert (res.top.b, res.top.c, res.top.drop_pp) == (16, 0, 40.0)
     assert res.top.p_value == pytest.approx(2 * 0.5**16)
     assert res.bottom.drop_pp == 0.0 and res.random.drop_pp == pytest.approx(2.5)
-    assert res.holds is True and len(res.by_fraction) == 2
+    assert res.verdict == "robust: the same effect at every setting" and len(res.by_fraction) == 2
 
 
 def test_margin_summary_finds_the_planted_peak_layer() -> None:
@@ -128,3 +128,37 @@ def test_configs_validate_and_are_frozen() -> None:
 def test_docstring_examples(name: str) -> None:
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_sweep_verdicts_keep_a_null_apart_from_a_robust_effect() -> None:
+    from vlmlens.vrp.stats import sweep_verdict
+
+    assert sweep_verdict([0, 0, 0]) == "null at every setting"  # not "the conclusion holds"
+    assert sweep_verdict([-1, -1]) == "robust: the same effect at every setting"
+    assert sweep_verdict([1, 0, 1]) == sweep_verdict([1, -1]) == "depends on the setting"
+    assert sweep_verdict([False, False]) == "null at every setting"
+    assert sweep_verdict([1, None]) == "undefined at some setting"
+
+
+def test_attention_summary_recomputes_r_pb_at_every_swept_setting() -> None:
+    from vlmlens.vrp.analysis import attention_summary
+
+    rng = np.random.default_rng(0)
+    correct = rng.random(N) > 0.5
+    frame = pd.DataFrame({"correct": correct.astype(int), "image": np.repeat(np.arange(N // 4), 4),
+                          "H_s": rng.normal(size=N), "H_s_norm": rng.random(N), "object_mass": np.nan,
+                          "H_s_layers": ["[1.0, 0.5]"] * N, "C_k": rng.integers(0, 3, N)})
+    sweep = CONFIG.attention_sweep
+    for suffix in sweep.layer_columns():
+        frame[f"H_s_norm{suffix}"] = rng.random(N)
+        frame[f"C_k{suffix}"] = correct + rng.integers(0, 2, N)  # a real signal at these settings only
+    for suffix in sweep.dbscan_columns():
+        frame[f"C_k{suffix}"] = rng.integers(0, 3, N)
+    res = attention_summary(frame, CONFIG)
+    assert [(row["measure"], row["setting"]) for row in res.sweep][:2] == [("H_s_norm", "second_half"),
+                                                                             ("H_s_norm", "all")]
+    assert len(res.sweep) == 2 * len(sweep.layer_columns()) + len(sweep.dbscan_columns())
+    by_setting = {row["setting"]: row["rpb"] for row in res.sweep if row["measure"] == "C_k"}
+    assert by_setting["all"].r == pytest.approx(np.corrcoef(correct, frame["C_k@all"])[0, 1])
+    assert by_setting["all"].clustered  # the bootstrap resamples images
+    assert res.verdicts["C_k"] == "depends on the setting"  # a signal at the layer settings only

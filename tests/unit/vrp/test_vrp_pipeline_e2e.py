@@ -41,6 +41,12 @@ def test_every_measurement_is_reported(result) -> None:
     r = res.results
     assert r["n"] == len(dataset) == 6 * N_IMAGES and r["pope"]["n"] == 6 * N_IMAGES
     assert set(r["attention"]["rpb"]) == {"C_k", "H_s", "H_s_norm", "object_mass"}
+    assert r["attention"]["layers"] == "family"  # Qwen2-VL: M over all layers, as the paper
+    assert {(row["measure"], row["setting"]) for row in r["attention"]["sweep"]} >= {("C_k", "all"), ("C_k", "p80_eps1")}
+    assert set(r["attention"]["verdicts"]) == {"C_k", "H_s_norm"}
+    frame = res.to_frame()
+    assert (frame["C_k@all"] == frame["C_k"]).all() and (frame["H_s_norm@all"] == frame["H_s_norm"]).all()
+    assert (frame["C_k@p90_eps1.5"] == frame["C_k"]).all()  # the reported setting, recomputed
     assert len(r["attention"]["H_s_by_layer"]) == 2 and len(r["attention"]["dH_s_by_layer"]) == 1
     assert len(r["margins"]["truth"]) == 2 and 0 <= r["margins"]["peak_visual_layer"] < 2
     assert set(r["probes"]) == {"logistic", "mlp", "baselines"}
