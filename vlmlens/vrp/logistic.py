@@ -17,7 +17,7 @@ from vlmlens.errors import DataError
 
 __all__ = ["fit_logistic"]
 
-_MAX_BATCH_CELLS = 2**26  # Hessian entries (batch * k * k) solved at once
+_MAX_BATCH_CELLS = 2**26  # Hessian entries (batch * k * k) and weighted copies (batch * n * k) held at once
 
 
 def _objective(z: np.ndarray, y: np.ndarray, theta: np.ndarray, C: float) -> np.ndarray:
@@ -38,7 +38,7 @@ def _newton(z: np.ndarray, y: np.ndarray, C: float, max_iter: int, tol: float) -
         if np.abs(grad).max() < tol:
             break
         weights = C * p * (1.0 - p)
-        hessian = np.einsum("bn,ni,nj->bij", weights, z, z) + np.diag(ridge + 1e-12)
+        hessian = np.matmul((weights[:, :, None] * z).transpose(0, 2, 1), z) + np.diag(ridge + 1e-12)  # BLAS
         step = np.linalg.solve(hessian, grad[..., None])[..., 0]
         scale = np.ones(n_rows)
         for _ in range(30):  # halve the step where the objective would rise
@@ -90,7 +90,7 @@ def fit_logistic(
         x = x @ basis
     z = np.concatenate([x, np.ones((len(x), 1))], axis=1)
     y = labels.astype(np.float64)
-    chunk = max(1, _MAX_BATCH_CELLS // z.shape[1] ** 2)
+    chunk = max(1, _MAX_BATCH_CELLS // (z.shape[1] * max(z.shape)))
     theta = np.concatenate([_newton(z, y[i : i + chunk], C, max_iter, tol) for i in range(0, len(y), chunk)])
     weights, intercepts = theta[:, :-1], theta[:, -1]
     return (weights if basis is None else weights @ basis.T), intercepts
