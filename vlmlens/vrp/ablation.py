@@ -41,9 +41,12 @@ from vlmlens.vrp.pipeline import AnswerTokens, batches_of
 from vlmlens.vrp.stats import (
     ALPHA,
     McNemar,
+    PairedDifference,
     as_binary,
     as_finite,
+    cluster_bootstrap_ci,
     mcnemar_exact,
+    paired_difference,
     sweep_verdict,
 )
 from vlmlens.vrp.store import SampleStore
@@ -197,7 +200,7 @@ def _ablation_conditions(name: str, site: str, x: np.ndarray, labels: np.ndarray
         count = min(k, x.shape[1])
         out.append(Condition(name=f"ablate_{name}_top_k{k}", group=f"ablate_{name}", kind="top", site=site,
                              size=k, dims=tuple(int(d) for d in ranking[:count])))
-        for draw in range(config.random_draws):
+        for draw in range(config.random_draws if k == config.k else config.sweep_draws):
             dims = random_dims(x.shape[1], count, seed=seed, stream=(stream, k, draw))
             out.append(Condition(name=f"ablate_{name}_random_k{k}_d{draw}", group=f"ablate_{name}",
                                  kind="random", site=site, size=k, dims=tuple(dims), draw=draw))
@@ -259,7 +262,7 @@ def run_interventions(model: Any, dataset: Any, config: VRPConfig, store: Sample
     names, conditions = _interventions(plan, config)
     for index, chunk in progress_bar(todo, desc=f"VRP {name}: ablations", unit="batch", progress=progress):
         batch = model.prepare([dataset.image(item) for item in chunk], [item.text for item in chunk], suffix=config.suffix)
-        logits = sweep(model, batch, conditions, chunk_size=max(1, 64 // len(chunk)))
+        logits = sweep(model, batch, conditions, chunk_size=max(1, 256 // len(chunk)))
         rows = [{"question_id": item.question_id, "batch": index} for item in chunk]
         for column, condition_logits in zip(names, logits):
             for row, item, answer in zip(rows, chunk, tokens.first_answers(condition_logits, batch.layout.last_prompt)):
@@ -283,6 +286,9 @@ class AblationResult:
         by_k: Per k swept: ``{"k", "top_drop_pp", "top_p", "random_drop_pp", "excess_drop_pp"}``.
         verdict: :func:`~vlmlens.vrp.stats.sweep_verdict` of "top-k significantly hurts
             (McNemar p < 0.05), more than random" over the k swept.
+        top_drop: Clean minus top-k correctness with its image-bootstrap CI, and
+            ``top_vs_random``: the mean over random draws minus top-k correctness (the excess
+            drop) with an image sign-flip test, at ``k`` (strings when no images were given).
     """
 
     site: str
@@ -294,6 +300,8 @@ class AblationResult:
     excess_drop_pp: float
     by_k: tuple[dict[str, float | int], ...]
     verdict: str
+    top_drop: PairedDifference | str = "undefined: no images given"
+    top_vs_random: PairedDifference | str = "undefined: no images given"
 
     def __post_init__(self) -> None:
         if not self.random or not self.by_k:
@@ -301,8 +309,12 @@ class AblationResult:
 
 
 def ablation_result(first_correct: np.ndarray, table: pd.DataFrame, plan: Mapping[str, Any], group: str,
-                    config: AblationConfig) -> AblationResult:
-    """Score one neuron-ablation group (``ablate_mlp_out`` / ``ablate_mlp_post``) from its columns."""
+                    config: AblationConfig, *, groups: np.ndarray | None = None, n_resamples: int = 1000,
+                    seed: int = 0) -> AblationResult:
+    """Score one neuron-ablation group (``ablate_mlp_out`` / ``ablate_mlp_post``) from its columns.
+
+    ``groups`` (the image of each row) adds the image-level paired comparisons.
+    """
     conds = [c for c in plan["conditions"] if c["group"] == group]
     by_k = []
     for k in sorted({c["size"] for c in conds}):
@@ -319,7 +331,17 @@ def ablation_result(first_correct: np.ndarray, table: pd.DataFrame, plan: Mappin
     def claim(row: dict[str, Any]) -> bool:
         return row["top_p"] < ALPHA and row["excess_drop_pp"] > 0
 
+    paired = {}
+    if groups is not None:
+        top = next(c for c in conds if c["kind"] == "top" and c["size"] == config.k)
+        top_correct = table[top["name"]].to_numpy(dtype=float)
+        random_correct = np.mean([table[c["name"]].to_numpy(dtype=float) for c in conds
+                                  if c["kind"] == "random" and c["size"] == config.k], axis=0)
+        kw = {"n_resamples": n_resamples, "seed": seed}
+        paired = {"top_drop": paired_difference(np.asarray(first_correct, dtype=float), top_correct, groups, **kw),
+                  "top_vs_random": paired_difference(random_correct, top_correct, groups, **kw)}
     return AblationResult(
+        **paired,
         site=conds[0]["site"], k=config.k, dims=main["_dims"], top=main["_top"], random=main["_random"],
         random_drop_pp=main["random_drop_pp"], excess_drop_pp=main["excess_drop_pp"],
         by_k=tuple({k: v for k, v in row.items() if not k.startswith("_")} for row in by_k),
@@ -340,6 +362,9 @@ class DestructionResult:
         ranked_accuracy: Accuracy with the top-``count`` probe-ranked dims destroyed.
         random_accuracy: Mean accuracy over the random draws.
         ranked_p: Exact McNemar p-value of clean vs ranked at each point.
+        ranked_drop_ci: Image-bootstrap CI of the ranked drop (clean minus ranked accuracy)
+            at each point, and ``random_drop_ci`` of the drop averaged over the random draws
+            (empty when no images were given).
     """
 
     site: str
@@ -350,6 +375,8 @@ class DestructionResult:
     ranked_accuracy: tuple[float, ...]
     random_accuracy: tuple[float, ...]
     ranked_p: tuple[float, ...]
+    ranked_drop_ci: tuple[tuple[float, float], ...] = ()
+    random_drop_ci: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
         if not len(self.counts) == len(self.ranked_accuracy) == len(self.random_accuracy) == len(self.ranked_p):
@@ -368,17 +395,25 @@ class DestructionResult:
 
 
 def destruction_result(first_correct: np.ndarray, table: pd.DataFrame, plan: Mapping[str, Any], *,
-                       mode: str) -> DestructionResult:
-    """Score the destruction curve from its columns."""
+                       mode: str, groups: np.ndarray | None = None, n_resamples: int = 1000,
+                       seed: int = 0) -> DestructionResult:
+    """Score the destruction curve from its columns (with image-bootstrap CIs when ``groups`` is given)."""
     conds = [c for c in plan["conditions"] if c["group"] == "destroy"]
     counts = sorted({c["size"] for c in conds})
-    ranked, random, pvals = [], [], []
+    clean = np.asarray(first_correct, dtype=float)
+    ranked, random, pvals, ranked_ci, random_ci = [], [], [], [], []
     for count in counts:
         name = next(c["name"] for c in conds if c["kind"] == "ranked" and c["size"] == count)
         ranked.append(float(table[name].mean()))
         pvals.append(mcnemar_exact(first_correct, table[name].to_numpy()).p_value)
-        random.append(float(np.mean([table[c["name"]].mean() for c in conds
-                                     if c["kind"] == "random" and c["size"] == count])))
+        random_rows = np.mean([table[c["name"]].to_numpy(dtype=float) for c in conds
+                               if c["kind"] == "random" and c["size"] == count], axis=0)
+        random.append(float(random_rows.mean()))
+        if groups is not None:
+            kw = {"n_resamples": n_resamples, "seed": seed}
+            ranked_ci.append(cluster_bootstrap_ci(clean - table[name].to_numpy(dtype=float), groups, **kw))
+            random_ci.append(cluster_bootstrap_ci(clean - random_rows, groups, **kw))
     return DestructionResult(site=plan["destruction_site"], width=plan["destruction_width"], mode=mode,
                              baseline_accuracy=float(np.mean(first_correct)), counts=tuple(counts),
-                             ranked_accuracy=tuple(ranked), random_accuracy=tuple(random), ranked_p=tuple(pvals))
+                             ranked_accuracy=tuple(ranked), random_accuracy=tuple(random), ranked_p=tuple(pvals),
+                             ranked_drop_ci=tuple(ranked_ci), random_drop_ci=tuple(random_ci))

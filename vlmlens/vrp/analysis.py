@@ -40,8 +40,11 @@ from vlmlens.vrp.stats import (
     AUROC,
     Correlation,
     McNemar,
+    PairedDifference,
+    adjust_p_values,
     auroc_ci,
     mcnemar_exact,
+    paired_difference,
     point_biserial,
     sweep_verdict,
 )
@@ -61,6 +64,7 @@ __all__ = [
     "images",
     "margin_summary",
     "masking_summary",
+    "multiplicity",
     "probe_summary",
     "to_jsonable",
 ]
@@ -360,6 +364,10 @@ class MaskingSummary:
         by_fraction: Per share swept: ``{"fraction", "top", "bottom", "random"}`` McNemar tests.
         verdict: :func:`sweep_verdict` of "masking the top patches significantly hurts
             (McNemar p < 0.05), more than random masking" over the shares swept.
+        top_drop: Clean minus top-masked correctness (the drop) with its image-bootstrap CI;
+            ``top_vs_random`` random- minus top-masked (the excess drop over random) and
+            ``top_vs_bottom`` bottom- minus top-masked, each with an image sign-flip test
+            (:func:`~vlmlens.vrp.stats.paired_difference`), at the reported share.
     """
 
     fraction: float
@@ -368,6 +376,9 @@ class MaskingSummary:
     random: McNemar
     by_fraction: tuple[dict[str, Any], ...]
     verdict: str
+    top_drop: PairedDifference | Undefined = "undefined: no images"
+    top_vs_random: PairedDifference | Undefined = "undefined: no images"
+    top_vs_bottom: PairedDifference | Undefined = "undefined: no images"
 
 
 def masking_summary(frame: pd.DataFrame, config: VRPConfig) -> MaskingSummary:
@@ -380,13 +391,21 @@ def masking_summary(frame: pd.DataFrame, config: VRPConfig) -> MaskingSummary:
             row[kind] = mcnemar_exact(first, frame[mask_column(kind, fraction)].to_numpy())
         by_fraction.append(row)
     main = next(r for r in by_fraction if r["fraction"] == config.masking.fraction)
+    groups = images(frame)
+    paired: dict[str, Any] = {}
+    if groups is not None:
+        kw = {"n_resamples": config.n_resamples, "seed": config.seed}
+        masked = {kind: frame[mask_column(kind, config.masking.fraction)].to_numpy(dtype=float) for kind in MASKS}
+        paired = {"top_drop": _try(paired_difference, first.astype(float), masked["top"], groups, **kw),
+                  "top_vs_random": _try(paired_difference, masked["random"], masked["top"], groups, **kw),
+                  "top_vs_bottom": _try(paired_difference, masked["bottom"], masked["top"], groups, **kw)}
 
     def claim(row: dict[str, Any]) -> bool:
         return row["top"].p_value < ALPHA and row["top"].drop_pp > row["random"].drop_pp
 
     return MaskingSummary(fraction=config.masking.fraction, top=main["top"], bottom=main["bottom"],
                           random=main["random"], by_fraction=tuple(by_fraction),
-                          verdict=sweep_verdict([claim(r) for r in by_fraction]))
+                          verdict=sweep_verdict([claim(r) for r in by_fraction]), **paired)
 
 
 def examples(frame: pd.DataFrame, n: int) -> list[dict[str, Any]]:
@@ -404,3 +423,55 @@ def examples(frame: pd.DataFrame, n: int) -> list[dict[str, Any]]:
         "H_s_norm": float(frame.at[i, "H_s_norm"]), "C_k": int(frame.at[i, "C_k"]),
         "map": json.loads(frame.at[i, "attention_map"]),
     } for i in sorted(picked)]
+
+
+def _p_values(results: dict[str, Any]) -> dict[str, list[tuple[str, float]]]:
+    """Every p-value a model's results report, by family of tests (JSON-ready results in)."""
+    def p_of(value: Any, key: str = "p_value") -> float | None:
+        return value.get(key) if isinstance(value, dict) else None
+
+    fam: dict[str, list[tuple[str, Any]]] = {"correlations": [], "probes": [], "masking": [], "ablation": [],
+                                             "destruction": []}
+    for name, c in results["attention"]["rpb"].items():
+        fam["correlations"].append((f"R_pb({name})", p_of(c, "p")))
+    for row in results["consistency"]["by_k"]:
+        fam["correlations"].append((f"R_pb(S_SC, K={row['k']})", p_of(row["rpb"], "p")))
+    fam["correlations"].append(("R_pb(token confidence)", p_of(results["consistency"]["confidence_rpb"], "p")))
+    for kind in ("logistic", "mlp"):
+        probe = results["probes"][kind]
+        if isinstance(probe, dict):
+            fam["probes"] += [(f"{kind} probe, selected layer", probe["selected"]["p_value"]),
+                              (f"{kind} probe, concat", probe["concat"]["p_value"])]
+    if isinstance(results["probes"]["baselines"], dict):
+        fam["probes"] += [(f"baseline {name}", row["p_value"]) for name, row in results["probes"]["baselines"].items()]
+    m = results["masking"]
+    for row in m["by_fraction"]:
+        fam["masking"] += [(f"{kind} {round(100 * row['fraction'])}% vs clean", row[kind]["p_value"])
+                           for kind in ("top", "bottom", "random")]
+    fam["masking"] += [(f"top vs {other} {round(100 * m['fraction'])}%", p_of(m.get(f"top_vs_{other}")))
+                       for other in ("random", "bottom")]
+    if isinstance(results.get("ablation"), dict):
+        for point in ("mlp_out", "mlp_post"):
+            a = results["ablation"][point]
+            fam["ablation"] += [(f"{point} top-{row['k']} vs clean", row["top_p"]) for row in a["by_k"]]
+            fam["ablation"].append((f"{point} top-{a['k']} vs random", p_of(a.get("top_vs_random"))))
+    if isinstance(results.get("destruction"), dict):
+        d = results["destruction"]
+        fam["destruction"] += [(f"ranked {n} dims vs clean", p) for n, p in zip(d["counts"], d["ranked_p"])]
+    return {name: [(t, p) for t, p in tests if p is not None] for name, tests in fam.items()}
+
+
+def multiplicity(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Holm and Benjamini-Hochberg adjusted p-values within each family of a model's tests.
+
+    Families: correlations (every R_pb), probes (permutation nulls of probes and baselines),
+    masking, ablation, destruction. Each test is listed with its raw p, ``p_holm`` (family-
+    wise error) and ``p_bh`` (false discovery rate).
+    """
+    out = {}
+    for family, tests in _p_values(results).items():
+        raw = [p for _, p in tests]
+        holm, bh = adjust_p_values(raw, "holm"), adjust_p_values(raw, "bh")
+        out[family] = [{"test": t, "p": p, "p_holm": float(h), "p_bh": float(b)}
+                       for (t, p), h, b in zip(tests, holm, bh)]
+    return out

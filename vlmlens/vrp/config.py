@@ -142,7 +142,9 @@ class AblationConfig:
         k: The reported k (paper: 5).
         ks: k values swept on the MLP output (the true MLP neurons are ablated at ``k``
             only, to bound the run time); must include ``k``.
-        random_draws: Random control sets per k (their drops are averaged).
+        random_draws: Random control sets at the reported k (their drops are averaged, and
+            compared with the top-k per question by an image sign-flip test).
+        sweep_draws: Random control sets at the other k swept (2 bounds the run time).
         layer: Target layer (**choice**: the best residual-probe layer).
         C: Inverse strength of the L2 probe that orders the dimensions after the L1 path's top k
             (the top k come from the L1 path, :func:`vlmlens.circuits.probe.l1_path`).
@@ -150,11 +152,14 @@ class AblationConfig:
 
     k: int = 5
     ks: tuple[int, ...] = (3, 4, 5, 6, 7)
-    random_draws: int = 2
+    random_draws: int = 10
+    sweep_draws: int = 2
     layer: LayerChoice = "best_probe"
     C: float = 0.1
 
     def __post_init__(self) -> None:
+        if self.sweep_draws < 1:
+            raise DataError(f"AblationConfig.sweep_draws must be >= 1, got {self.sweep_draws}.")
         if self.k < 1 or any(v < 1 for v in self.ks) or self.k not in self.ks:
             raise DataError(f"AblationConfig needs k >= 1 and ks >= 1 including k, got k={self.k}, ks={self.ks}.")
         if self.random_draws < 1:
@@ -175,7 +180,8 @@ class DestructionConfig:
             or ``"mlp_out"``.
         mode: ``"zero"`` or ``"mean"`` (the dataset mean at the last position).
         layer: Target layer (**choice**: the best probe layer).
-        random_draws: Random control sets per point of the curve.
+        random_draws: Random control sets per point of the curve (**choice**: 3; the curve's
+            CIs resample images, averaging the draws per question).
         C: Inverse strength of the L2 probe that orders the dimensions after the L1 path's top k
             (the top k come from the L1 path, :func:`vlmlens.circuits.probe.l1_path`).
     """
@@ -185,7 +191,7 @@ class DestructionConfig:
     site: Literal["resid_post", "mlp_out"] = "resid_post"
     mode: Literal["zero", "mean"] = "zero"
     layer: LayerChoice = "best_probe"
-    random_draws: int = 1
+    random_draws: int = 3
     C: float = 0.1
 
     def __post_init__(self) -> None:

@@ -1,17 +1,16 @@
 """``summary.md``: the paper's headline table with our value, CI and n beside the paper's.
 
 Examples:
-    >>> paired_diff_ci({"b": 3, "c": 1, "n": 20})
-    (-9.1, 29.1)
+    >>> _pp_ci({"ci": [0.05, 0.2]})
+    '[5.0, 20.0] pp (images)'
 """
 
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
-__all__ = ["PAPER", "paired_diff_ci", "summary_markdown"]
+__all__ = ["PAPER", "summary_markdown"]
 
 FAMILY_NAMES = {"llava": "LLaVA", "paligemma": "PaliGemma", "qwen2_vl": "Qwen2-VL"}
 
@@ -36,14 +35,6 @@ def _paper(key: str, family: str | None) -> str:
     if isinstance(value, dict):
         return value.get(family, value[None])
     return value
-
-
-def paired_diff_ci(test: dict[str, Any], z: float = 1.96) -> tuple[float, float]:
-    """Wald 95% CI (in pp) of the accuracy drop of a paired McNemar table (b, c, n)."""
-    b, c, n = test["b"], test["c"], test["n"]
-    diff = (b - c) / n
-    se = math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n
-    return round(100 * (diff - z * se), 1), round(100 * (diff + z * se), 1)
 
 
 def _num(x: Any, digits: int = 3) -> str:
@@ -76,9 +67,25 @@ def _auroc(a: Any) -> tuple[str, str, str]:
     return _num(a["auroc"]), _ci(*a["ci"]), str(a["n"])
 
 
-def _drop(test: dict[str, Any], extra: str = "") -> tuple[str, str, str]:
-    lo, hi = paired_diff_ci(test)
-    return f"{test['drop_pp']:.1f} pp (McNemar p={test['p_value']:.3g}){extra}", f"[{lo}, {hi}]", str(test["n"])
+def _pp_ci(paired: Any) -> str:
+    """The image-bootstrap CI of a paired difference, in percentage points."""
+    if not isinstance(paired, dict):
+        return "-"
+    lo, hi = paired["ci"]
+    return f"[{100 * lo:.1f}, {100 * hi:.1f}] pp (images)"
+
+
+def _vs(paired: Any, what: str) -> str:
+    """``; excess over random 3.1 pp (image sign-flip p=0.02)`` for a paired comparison."""
+    if not isinstance(paired, dict):
+        return ""
+    return f"; {what} {100 * paired['mean']:.1f} pp (image sign-flip p={paired['p_value']:.3g})"
+
+
+def _drop(test: dict[str, Any], extra: str = "", paired: Any = None) -> tuple[str, str, str]:
+    lo, hi = test["drop_ci_pp"]
+    return (f"{test['drop_pp']:.1f} pp (McNemar p={test['p_value']:.3g}){extra}",
+            f"[{lo:.1f}, {hi:.1f}] pp exact; {_pp_ci(paired)}", str(test["n"]))
 
 
 def _null(row: dict[str, Any]) -> str:
@@ -103,8 +110,9 @@ def _rows(name: str, r: dict[str, Any]) -> list[tuple[str, ...]]:
     rows.append(("R_pb(H_s, correct)", name, *_corr(r["attention"]["rpb"]["H_s"]), _paper("rpb_H_s", fam)))
     m = r["masking"]
     pct = round(100 * m["fraction"])
-    extra = f"; bottom {m['bottom']['drop_pp']:.1f}, random {m['random']['drop_pp']:.1f}"
-    rows.append((f"top-{pct}% attended patch masking, accuracy drop", name, *_drop(m["top"], extra),
+    extra = (f"; bottom {m['bottom']['drop_pp']:.1f}, random {m['random']['drop_pp']:.1f}"
+             + _vs(m.get("top_vs_random"), "excess over random") + _vs(m.get("top_vs_bottom"), "excess over bottom"))
+    rows.append((f"top-{pct}% attended patch masking, accuracy drop", name, *_drop(m["top"], extra, m.get("top_drop")),
                  _paper("mask_top", fam)))
     for kind, label in (("logistic", "linear"), ("mlp", "MLP")):
         p = r["probes"][kind]
@@ -153,12 +161,16 @@ def _intervention_rows(name: str, r: dict[str, Any]) -> list[tuple[str, ...]]:
     rows = []
     for point, label in (("mlp_out", "MLP-output dims"), ("mlp_post", "MLP neurons")):
         a = ab[point]
-        extra = f" vs random {a['random_drop_pp']:.1f}; excess {a['excess_drop_pp']:.1f}"
+        extra = (f" vs random {a['random_drop_pp']:.1f} ({len(a['random'])} draws)"
+                 + (_vs(a.get("top_vs_random"), "excess") or f"; excess {a['excess_drop_pp']:.1f}"))
         rows.append((f"top-{a['k']} probe-ranked {label} ablation (L{ab['layer']}), accuracy drop", name,
-                     *_drop(a["top"], extra), _paper("neuron", fam) if point == "mlp_out" else "-"))
+                     *_drop(a["top"], extra, a.get("top_drop")), _paper("neuron", fam) if point == "mlp_out" else "-"))
     ranked, random = de["drop_at_half_pp"]["ranked"], de["drop_at_half_pp"]["random"]
+    half = min(range(len(de["counts"])), key=lambda i: abs(de["counts"][i] / de["width"] - 0.5))
+    ci = (f"ranked {_pp_ci({'ci': de['ranked_drop_ci'][half]})}; random {_pp_ci({'ci': de['random_drop_ci'][half]})}"
+          if de.get("ranked_drop_ci") else "-")
     rows.append((f"~50% of L{de['layer']} dims destroyed ({de['mode']}), accuracy drop", name,
-                 f"{ranked:.1f} pp ranked, {random:.1f} pp random", "-", str(r["n"]), _paper("destruction", fam)))
+                 f"{ranked:.1f} pp ranked, {random:.1f} pp random", ci, str(r["n"]), _paper("destruction", fam)))
     return rows
 
 
@@ -229,11 +241,18 @@ def summary_markdown(results: dict[str, Any], pooled: dict[str, Any] | None = No
             rows.append((f"R_pb({key}, correct)", "pooled over models", *_pooled_row(pooled[key]), _paper(paper, None)))
     rows.sort(key=_order)  # stable: models stay in order within a measurement
     sens = [row for name, r in models.items() for row in _sensitivity_rows(name, r)]
+    mult = [(name, family, f"{len(tests)}", f"{sum(t['p'] < 0.05 for t in tests)}",
+             f"{sum(t['p_holm'] < 0.05 for t in tests)}", f"{sum(t['p_bh'] < 0.05 for t in tests)}",
+             "; ".join(f"{t['test']} {t['p_holm']:.3g}" for t in tests if t["p"] < 0.05) or "-")
+            for name, r in models.items() for family, tests in r.get("multiplicity", {}).items() if tests]
     config = json.dumps(results.get("config", {}), sort_keys=True, default=str)
     lines = ["# VRP summary", "", _INTRO, "",
              *_table(("measurement", "model", "ours", "95% CI", "n", "paper"), rows), "",
              "## Sensitivity: do the conclusions hold?", "",
              *_table(("sweep", "model", "values", "conclusion"), sens), "",
+             "## Multiplicity", "", _MULTIPLICITY, "",
+             *_table(("model", "family of tests", "tests", "p < 0.05", "Holm p < 0.05", "BH q < 0.05",
+                      "raw p < 0.05: Holm-adjusted p"), mult), "",
              "<details><summary>config</summary>", "", f"`{config}`", "", "</details>"]
     return "\n".join(lines) + "\n"
 
@@ -244,6 +263,10 @@ _INTRO = ("Our value, its 95% CI and n beside the paper's (VRP.md, Headline numb
           "split. CIs of R_pb (bootstrap), AUROC and ECE resample images. Drops are first-token accuracy, clean "
           "minus intervened. Pooled rows keep each model's own R_pb and pool them on Fisher's z scale; their CI "
           "resamples images jointly in every model.")
+
+_MULTIPLICITY = ("Every p-value a model reports, by family of tests (correlations, probes, masking, ablation, "
+                 "destruction), adjusted within its family: Holm for the family-wise error, Benjamini-Hochberg "
+                 "for the false discovery rate (results.json: `multiplicity`). The headline table prints raw p.")
 
 _ORDER = ("POPE", "R_pb(C_k", "R_pb(H_s", "attended patch masking", "linear probe", "MLP probe", "baseline AUROC", "self-consistency",
           "token confidence", "ECE", "MLP-output dims ablation", "MLP neurons ablation", "probe-neuron ablation",

@@ -33,8 +33,10 @@ from vlmlens.vrp.analysis import (
     calibration_summary,
     consistency_summary,
     examples,
+    images,
     margin_summary,
     masking_summary,
+    multiplicity,
     probe_summary,
     to_jsonable,
 )
@@ -111,6 +113,7 @@ def _measure(model: Any, dataset: Any, config: VRPConfig, store: SampleStore, *,
     phase2, table = _interventions(model, dataset, config, store, frame, name=name, progress=progress,
                                    best_probe=probes.best_layer(), peak_visual=margins.peak_visual_layer)
     out.update(phase2)
+    out["multiplicity"] = multiplicity(out)
     out["examples"] = examples(frame, config.n_examples)
     if table is not None:
         frame = frame.merge(table.drop(columns=["batch"]), on="question_id")
@@ -137,12 +140,13 @@ def _interventions(model: Any, dataset: Any, config: VRPConfig, store: SampleSto
     run_interventions(model, dataset, config, store, plan, name=name, progress=progress)
     table = store.read("interventions", frame["question_id"].tolist())
     first = frame["first_correct"].to_numpy()
-    destruction = destruction_result(first, table, plan, mode=config.destruction.mode)
+    kw = {"groups": images(frame), "n_resamples": config.n_resamples, "seed": config.seed}
+    destruction = destruction_result(first, table, plan, mode=config.destruction.mode, **kw)
     ranked, random = destruction.drop_at(0.5)
     return {
         "ablation": {
             "layer": plan["ablation_layer"],
-            **{point: to_jsonable(ablation_result(first, table, plan, f"ablate_{point}", config.ablation))
+            **{point: to_jsonable(ablation_result(first, table, plan, f"ablate_{point}", config.ablation, **kw))
                for point in ("mlp_out", "mlp_post")},
         },
         "destruction": {"layer": plan["destruction_layer"], **to_jsonable(destruction),

@@ -122,3 +122,35 @@ def test_batched_newton_logistic_equals_sklearn(n: int, d: int) -> None:
         model = LogisticRegression(C=0.1, tol=1e-12, max_iter=10_000).fit(x, row)
         np.testing.assert_allclose(w, model.coef_[0], atol=1e-6)
         assert b == pytest.approx(model.intercept_[0], abs=1e-6)
+
+
+def test_mcnemar_drop_ci_is_exact_and_never_empty() -> None:
+    from scipy.stats import binomtest
+
+    from vlmlens.vrp.stats import mcnemar_exact
+
+    before = np.r_[np.ones(50), np.zeros(10)].astype(bool)
+    after = before.copy()
+    after[:7] = False  # b = 7
+    after[50:52] = True  # c = 2
+    res = mcnemar_exact(before, after)
+    cp_b = binomtest(7, 60).proportion_ci(0.975, method="exact")
+    cp_c = binomtest(2, 60).proportion_ci(0.975, method="exact")
+    lo, hi = res.drop_ci_pp
+    assert lo == pytest.approx(100 * (cp_b.low - cp_c.high)) and hi == pytest.approx(100 * (cp_b.high - cp_c.low))
+    assert lo < res.drop_pp < hi
+    none = mcnemar_exact(before, before)  # no discordant pair: the Wald interval was [0, 0]
+    assert none.drop_ci_pp[0] < -5 and none.drop_ci_pp[1] > 5
+    rng = np.random.default_rng(0)  # coverage >= 95% on paired data with a true drop of 5 points
+    covered = 0
+    for _ in range(300):
+        u = rng.random(200)
+        b_true, c_true = u < 0.08, (u >= 0.08) & (u < 0.11)
+        x = np.ones(200, dtype=bool)
+        y = x.copy()
+        y[b_true] = False
+        xx = x.copy()
+        xx[c_true] = False  # c: wrong before, right after
+        lo, hi = mcnemar_exact(xx, y & ~c_true | c_true).drop_ci_pp
+        covered += lo <= 5.0 <= hi
+    assert covered / 300 >= 0.95

@@ -25,7 +25,6 @@ from vlmlens.vrp.config import (
     MaskingConfig,
     VRPConfig,
 )
-from vlmlens.vrp.headline import paired_diff_ci
 from vlmlens.vrp.pipeline import mask_column
 
 N = 40
@@ -38,7 +37,8 @@ def _frame() -> pd.DataFrame:
     # Right answers were sampled unanimously, wrong ones split 2:2 (POPE parser normalises).
     samples = [json.dumps(["Yes.", "yes", "Yes", "YES"] if c else ["No", "yes", "no.", "Yes"]) for c in correct]
     frame = pd.DataFrame({"question_id": np.arange(N), "correct": correct, "first_correct": np.ones(N, dtype=int),
-                          "samples": samples, "confidence": np.where(correct == 1, -0.1, -0.2)})
+                          "samples": samples, "confidence": np.where(correct == 1, -0.1, -0.2),
+                          "image": np.repeat(np.arange(N // 4), 4)})  # 10 images of 4 questions
     for fraction in (0.2, 0.3):
         frame[mask_column("top", fraction)] = (np.arange(N) >= 16).astype(int)  # 16 of 40 flip to wrong
         frame[mask_column("bottom", fraction)] = 1
@@ -93,10 +93,31 @@ def test_examples_alternate_right_and_wrong_answers() -> None:
     assert picked[0]["map"] == [[0.5, 0.5]]
 
 
-def test_paired_difference_ci() -> None:
-    assert paired_diff_ci({"b": 0, "c": 0, "n": 10}) == (0.0, 0.0)
-    lo, hi = paired_diff_ci({"b": 16, "c": 0, "n": 40})
-    assert lo < 40.0 < hi
+def test_paired_differences_use_images_and_no_wald_interval() -> None:
+    """The masking drop's CI resamples images; with no discordant pair it still says how little is known."""
+    res = masking_summary(_frame(), CONFIG)
+    assert res.top_drop.mean == pytest.approx(0.4) and res.top_drop.n_clusters == N // 4
+    assert res.top_drop.ci[0] < 0.4 < res.top_drop.ci[1]
+    # The 16 questions that flip are the 4 questions of images 0-3: only 4 of 10 images carry the
+    # effect, and the exact image sign-flip test can reach no further than 2 * 2^6 / 2^10 = 0.125
+    # (a question-level McNemar would say p = 3e-5).
+    assert res.top_vs_bottom.mean == pytest.approx(0.4) and res.top_vs_bottom.p_value == pytest.approx(0.125)
+    assert res.top_vs_random.exact and res.top_vs_random.p_value == pytest.approx(0.125)
+    assert res.top.p_value < 1e-4
+
+
+def test_multiplicity_adjusts_within_each_family_as_statsmodels() -> None:
+    from statsmodels.stats.multitest import multipletests
+
+    from vlmlens.vrp.stats import adjust_p_values
+
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        p = rng.random(15) ** 3
+        np.testing.assert_allclose(adjust_p_values(p, "holm"), multipletests(p, method="holm")[1])
+        np.testing.assert_allclose(adjust_p_values(p, "bh"), multipletests(p, method="fdr_bh")[1])
+    with pytest.raises(DataError, match="method must be 'holm' or 'bh'"):
+        adjust_p_values([0.1], "bonferroni")
 
 
 def test_configs_validate_and_are_frozen() -> None:

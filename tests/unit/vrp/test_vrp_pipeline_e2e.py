@@ -60,6 +60,12 @@ def test_every_measurement_is_reported(result) -> None:
     assert [row["k"] for row in r["consistency"]["by_k"]] == [2, 3]
     assert [row["fraction"] for row in r["masking"]["by_fraction"]] == [0.2, 0.3]
     assert set(r["ablation"]) == {"layer", "mlp_out", "mlp_post"}
+    assert r["ablation"]["mlp_out"]["top_vs_random"]["n_clusters"] == N_IMAGES
+    assert len(r["destruction"]["ranked_drop_ci"]) == len(r["destruction"]["counts"])
+    assert r["masking"]["top_drop"]["n"] == 6 * N_IMAGES
+    assert set(r["multiplicity"]) == {"correlations", "probes", "masking", "ablation", "destruction"}
+    for tests in r["multiplicity"].values():
+        assert all(t["p"] <= t["p_bh"] <= t["p_holm"] <= 1 for t in tests)
     assert r["ablation"]["mlp_out"]["k"] == 2 and len(r["ablation"]["mlp_out"]["dims"]) == 2
     assert r["destruction"]["counts"] == [2, 32]  # 2 dims, then 50% of d_model 64
     assert len(r["examples"]) == CONFIG.n_examples
@@ -92,7 +98,7 @@ def test_summary_figures_report_and_table(result) -> None:
     assert {"rpb", "probe_auroc", "margins", "masking", "ablation", "destruction", "attention_examples"} <= set(figures)
     assert any(trace.type == "image" for trace in figures["attention_examples"].data)  # maps over the images
     page = report_html({"models": {res.name: res.results}}, summary=summary)
-    assert page.count("<table>") == 2 and "<script src" not in page
+    assert page.count("<table>") == 3 and "<script src" not in page  # headline, sensitivity, multiplicity
     frame = res.to_frame()
     assert len(frame) == 6 * N_IMAGES and {"S_SC", "confidence", "ablate_mlp_out_top_k2", "destroy_ranked_n32"} <= set(frame)
 
