@@ -26,7 +26,7 @@ import pandas as pd
 from vlmlens.errors import DataError
 from vlmlens.vrp.calibration import Calibration, calibration
 from vlmlens.vrp.config import VRPConfig
-from vlmlens.vrp.consistency import consistency_score
+from vlmlens.vrp.consistency import consistency_score, normalize_answer
 from vlmlens.vrp.margins import margin_gain, peak_visual_layer
 from vlmlens.vrp.pipeline import MASKS, mask_column
 from vlmlens.vrp.probes import (
@@ -252,6 +252,16 @@ def _sc_share(frame: pd.DataFrame, k: int) -> np.ndarray:
     return np.array([consistency_score(json.loads(s)[:k], yes_no=True)[1] for s in frame["samples"]])
 
 
+def _greedy_agreement(frame: pd.DataFrame, k: int) -> np.ndarray:
+    """Share of the first ``k`` samples that give the greedy answer: a stated P(greedy answer is right).
+
+    S_SC is the majority's share; where the majority is not the greedy answer it is not a
+    confidence in the answer being graded, so calibration uses this agreement instead.
+    """
+    return np.array([np.mean([normalize_answer(a, yes_no=True) == greedy for a in json.loads(s)[:k]])
+                     for s, greedy in zip(frame["samples"], frame["answer"])])
+
+
 def _baseline_scores(frame: pd.DataFrame, config: VRPConfig) -> dict[str, np.ndarray]:
     return {
         "token confidence": frame["confidence"].to_numpy(dtype=float),
@@ -282,7 +292,8 @@ def calibration_summary(frame: pd.DataFrame, probes: ProbeSummary,
     """ECE and reliability diagram of each confidence signal (probes: on their held-out part).
 
     Token confidence is the probability of the greedy answer (exp of its mean log-probability);
-    S_SC the majority share at K; the probes' P(correct) from the layer each selected.
+    self-consistency the share of the K samples that agree with the greedy answer; the probes'
+    P(correct) from the layer each selected.
     """
     correct = frame["correct"].to_numpy()
     groups = images(frame)
@@ -290,8 +301,8 @@ def calibration_summary(frame: pd.DataFrame, probes: ProbeSummary,
     out: dict[str, Calibration | Undefined] = {
         "token confidence": _try(calibration, np.exp(frame["confidence"].to_numpy(dtype=float)), correct,
                                  groups=groups, **kw),
-        "self-consistency": _try(calibration, _sc_share(frame, config.consistency.k), correct, groups=groups,
-                                 **kw),
+        "self-consistency": _try(calibration, _greedy_agreement(frame, config.consistency.k), correct,
+                                 groups=groups, **kw),
     }
     for name in ("logistic", "mlp"):
         res = getattr(probes, name)
@@ -433,7 +444,8 @@ def _p_values(results: dict[str, Any]) -> dict[str, list[tuple[str, float]]]:
     fam: dict[str, list[tuple[str, Any]]] = {"correlations": [], "probes": [], "masking": [], "ablation": [],
                                              "destruction": []}
     for name, c in results["attention"]["rpb"].items():
-        fam["correlations"].append((f"R_pb({name})", p_of(c, "p")))
+        if name != "H_s":  # H_s / log N: the same test wherever a family's grid is fixed
+            fam["correlations"].append((f"R_pb({name})", p_of(c, "p")))
     for row in results["consistency"]["by_k"]:
         fam["correlations"].append((f"R_pb(S_SC, K={row['k']})", p_of(row["rpb"], "p")))
     fam["correlations"].append(("R_pb(token confidence)", p_of(results["consistency"]["confidence_rpb"], "p")))

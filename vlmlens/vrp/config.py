@@ -267,6 +267,10 @@ class VRPConfig:
         if self.seed < 0 or self.n_resamples < 1 or self.n_examples < 0:
             raise DataError(f"VRPConfig needs seed >= 0, n_resamples >= 1 and n_examples >= 0, got seed={self.seed}, "
                             f"n_resamples={self.n_resamples}, n_examples={self.n_examples}.")
+        if (self.probe.test_size, self.probe.seed) != (self.mlp_probe.test_size, self.mlp_probe.seed):
+            raise DataError(f"VRPConfig.probe and mlp_probe must share one held-out split (test_size, seed), got "
+                            f"{(self.probe.test_size, self.probe.seed)} and "
+                            f"{(self.mlp_probe.test_size, self.mlp_probe.seed)}; set both alike.")
         if self.probe.kind != "logistic" or self.mlp_probe.kind != "mlp":
             raise DataError(f"VRPConfig.probe must be a logistic ProbeConfig and mlp_probe an MLP one, got "
                             f"{self.probe.kind!r} and {self.mlp_probe.kind!r}.")

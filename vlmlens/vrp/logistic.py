@@ -10,10 +10,14 @@ When there are more features than examples the fit runs in the span of the examp
 to that span zero, so the solution is the same, in at most n dimensions.
 """
 
+import logging
+
 import numpy as np
 from jaxtyping import Bool, Float
 
 from vlmlens.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["fit_logistic"]
 
@@ -48,7 +52,11 @@ def _newton(z: np.ndarray, y: np.ndarray, C: float, max_iter: int, tol: float) -
             if not worse.any():
                 break
             scale = np.where(worse, scale / 2, scale)
-        theta, current = trial, value
+        keep = value > current + 1e-12 * np.abs(current)  # no halving helped: stay put
+        theta, current = np.where(keep[:, None], theta, trial), np.where(keep, current, value)
+    else:
+        logger.warning("logistic fit: Newton stopped after %d iterations with a gradient of %.2g (tol %.2g); "
+                       "raise max_iter or lower C", max_iter, float(np.abs(grad).max()), tol)
     return theta
 
 
@@ -82,6 +90,9 @@ def fit_logistic(
         raise DataError(f"C must be > 0, got {C}.")
     if labels.ndim != 2 or labels.shape[1] != x.shape[0]:
         raise DataError(f"labels must be (batch, n={x.shape[0]}), got shape {labels.shape}.")
+    one_class = labels.all(1) | ~labels.any(1)
+    if one_class.any():
+        raise DataError(f"label row {int(np.argmax(one_class))} holds one class; a logistic fit needs both.")
     x = x.astype(np.float64)
     basis = None
     if x.shape[1] >= x.shape[0]:  # fit in the span of the examples

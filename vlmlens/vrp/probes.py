@@ -10,7 +10,8 @@ design a referee asks for:
   held-out part. The held-out AUROC of every layer is reported too, but only as a
   description: its argmax is not a selection the held-out number can be trusted for;
 * **permutation null**: the selected probe's whole fit-and-score on ``n_permutations``
-  label permutations (100 by default), with p = (1 + #null >= observed) / (1 + B). The layer
+  label permutations (100 by default; with groups whole images' label blocks are exchanged,
+  so the null keeps the clustering), with p = (1 + #null >= observed) / (1 + B). The layer
   was chosen on training labels alone, so the held-out score needs no correction for the
   choice; the null refits the chosen layer's probe on each permutation;
 * **baselines on the same split**: one-feature probes on token confidence, the final
@@ -49,6 +50,8 @@ from vlmlens.vrp.stats import (
 logger = logging.getLogger(__name__)
 
 ProbeKind = Literal["logistic", "mlp"]
+
+_MLP_BATCH_CELLS = 2**25  # first-layer weights (models x d x hidden) trained side by side at most
 
 Groups = Shaped[np.ndarray, " batch"] | None
 """One cluster id per example (e.g. the image file), or ``None`` for independent examples."""
@@ -205,8 +208,9 @@ class LayerProbeResults:
         concat_layers: The layers concatenated (the last five, or all if fewer).
         n: Labelled examples (train + test).
         n_groups: Images (clusters) among them, or ``None`` when split by example.
-        n_cv_fits: CV fits per layer behind ``cv_auroc`` (folds x repeats; fewer folds than
-            configured when the training part has fewer images than folds).
+        n_cv_fits: CV folds scored per layer behind ``cv_auroc`` (folds x repeats, less the
+            folds whose validation part held one outcome; fewer folds than configured when
+            the training part has fewer images than folds).
     """
 
     per_layer: tuple[ProbeResult, ...]
@@ -311,15 +315,32 @@ def _auroc(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return rank_auroc(np.atleast_2d(labels), np.atleast_2d(scores))
 
 
+def _permute(y: np.ndarray, groups: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    """Labels permuted under the null: by question, or with groups whole images' label blocks
+    exchanged between images of the same size (errors cluster by image; a question-level
+    permutation would make the null too narrow)."""
+    if groups is None:
+        return rng.permutation(y)
+    out = y.copy()
+    _, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == i) for i in range(inverse.max() + 1)]
+    for size in {len(m) for m in members}:
+        same = [m for m in members if len(m) == size]
+        for target, source in zip(same, rng.permutation(len(same))):
+            out[target] = y[same[source]]
+    return out
+
+
 def _permutation_null(
-    x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, config: ProbeConfig, observed: float
+    x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, config: ProbeConfig, observed: float,
+    groups: np.ndarray | None = None,
 ) -> PermutationNull | None:
     if config.n_permutations == 0:
         return None
     rng = np.random.default_rng([config.seed, 1])
     perms = []
     while len(perms) < config.n_permutations:
-        permuted = rng.permutation(y)
+        permuted = _permute(y, groups, rng)
         if 0 < permuted[train].sum() < len(train) and 0 < permuted[test].sum() < len(test):
             perms.append(permuted)
     labels = np.stack(perms)
@@ -327,8 +348,10 @@ def _permutation_null(
     if config.kind == "logistic":
         weights, intercepts = fit_logistic(x_train, labels[:, train], C=config.C, max_iter=config.max_iter)
         scores = weights @ x_test.T + intercepts[:, None]
-    else:
-        scores, _ = _fit_mlp(x_train, labels[:, train], x_test, config)
+    else:  # B models of d x hidden weights each (plus Adam state): chunked to bound memory
+        chunk = max(1, _MLP_BATCH_CELLS // (x.shape[1] * config.mlp_hidden))
+        scores = np.concatenate([_fit_mlp(x_train, labels[i : i + chunk, train], x_test, config)[0]
+                                 for i in range(0, len(labels), chunk)])
     null = _auroc(labels[:, test], scores)
     return PermutationNull(n_permutations=config.n_permutations, mean=float(null.mean()),
                           q95=float(np.quantile(null, 0.95)),
@@ -345,7 +368,7 @@ def _heldout(
                      groups=None if groups is None else groups[test])
     return ProbeResult(
         kind=config.kind, auroc=auroc,
-        null=_permutation_null(x, y, train, test, config, auroc.auroc) if with_null else None,
+        null=_permutation_null(x, y, train, test, config, auroc.auroc, groups) if with_null else None,
         n_train=len(train), n_test=len(test), test_index=np.asarray(test), test_prob=prob, coef=coef,
     )
 
@@ -472,7 +495,8 @@ def probe_layers(
         per_layer=per_layer, cv_auroc=cv, best_layer=best,
         selected=_heldout(x[best], y, split, g, config, with_null=True),
         concat=_heldout(concat_x, y, split, g, config, with_null=True),
-        concat_layers=chosen, n=x.shape[1], n_groups=None if g is None else len(np.unique(g)), n_cv_fits=len(folds),
+        concat_layers=chosen, n=x.shape[1], n_groups=None if g is None else len(np.unique(g)),
+        n_cv_fits=int(sum(0 < y[val].sum() < len(val) for _, val in folds)),
     )
 
 

@@ -62,7 +62,11 @@ def holdout(
     if groups is None:
         train, test = train_test_split(np.arange(len(y)), test_size=test_size, random_state=seed, stratify=y)
         return train, test
-    train, test = _group_folds(y, np.asarray(groups), max(2, round(1 / test_size)), seed)[0]
+    n_folds = max(2, int(1 / test_size + 0.5))  # round half up (0.4 -> 3 folds, not banker's 2)
+    if abs(1 / n_folds - test_size) > 0.05:
+        logger.warning("grouped split: a held-out share of %.2f (1 of %d folds) for test_size=%.2f", 1 / n_folds,
+                       n_folds, test_size)
+    train, test = _group_folds(y, np.asarray(groups), n_folds, seed)[0]
     return train, test
 
 

@@ -416,7 +416,7 @@ class McNemar:
             P(b) - P(c), so [L_b - U_c, U_b - L_c] from Clopper-Pearson 97.5% intervals of the
             two discordant shares (Bonferroni: coverage >= 95% for every n). Unlike the Wald
             interval it has width when no pair is discordant (b = c = 0 gives about
-            [-4.4/n, 4.4/n]). Questions are treated as independent; the image-bootstrap CI
+            +-440/n pp). Questions are treated as independent; the image-bootstrap CI
             beside it (:func:`paired_difference`) is not exact but keeps the clustering.
     """
 
@@ -581,7 +581,7 @@ def sweep_verdict(findings: Sequence[int | bool | None]) -> str:
         >>> sweep_verdict([1, 1, 1]), sweep_verdict([0, 0]), sweep_verdict([True, False])
         ('robust: the same effect at every setting', 'null at every setting', 'depends on the setting')
     """
-    if any(f is None for f in findings):
+    if not findings or any(f is None for f in findings):
         return "undefined at some setting"
     values = [int(f) for f in findings]
     if all(v == 0 for v in values):
@@ -660,7 +660,7 @@ def adjust_p_values(p_values: Sequence[float] | np.ndarray, method: str) -> np.n
         [0.03, 0.04, 0.04]
     """
     p = np.asarray(p_values, dtype=float)
-    if p.ndim != 1 or ((p < 0) | (p > 1)).any():
+    if p.ndim != 1 or not np.isfinite(p).all() or ((p < 0) | (p > 1)).any():
         raise DataError(f"p_values must be a 1-D list of values in [0, 1], got {p_values!r}.")
     m = len(p)
     if m == 0:

@@ -120,6 +120,13 @@ def test_multiplicity_adjusts_within_each_family_as_statsmodels() -> None:
         adjust_p_values([0.1], "bonferroni")
 
 
+def test_the_probes_and_baselines_share_one_split() -> None:
+    from vlmlens.vrp.probes import ProbeConfig
+
+    with pytest.raises(DataError, match=r"must share one held-out split \(test_size, seed\)"):
+        VRPConfig(mlp_probe=ProbeConfig(kind="mlp", test_size=0.5))
+
+
 def test_configs_validate_and_are_frozen() -> None:
     with pytest.raises(DataError, match=r"sensitivity \(0.2, 0.4\) must include fraction=0.3"):
         MaskingConfig(fraction=0.3, sensitivity=(0.2, 0.4))

@@ -252,3 +252,19 @@ def test_rank_dimensions_l1_errors() -> None:
         rank_dimensions_l1(np.ones((5, 2)), np.zeros(5, dtype=bool))
     with pytest.raises(DataError, match=r"C must be > 0, got -1"):
         rank_dimensions_l1(np.ones((5, 2)), np.array([0, 1, 0, 1, 0]), C=-1)
+
+
+def test_the_permutation_null_exchanges_whole_images_and_keeps_its_level() -> None:
+    """Labels and features both cluster by image but are independent: p <= 0.05 about 5% of the time.
+
+    A question-level permutation made this null too narrow (about 19% rejections at 0.05).
+    """
+    config = ProbeConfig(n_resamples=20, n_permutations=49, C=0.1)
+    rejections = 0
+    for seed in range(60):
+        rng = np.random.default_rng(seed)
+        groups = np.repeat(np.arange(40), 6)
+        x = rng.normal(size=(40, 5))[groups] + 0.3 * rng.normal(size=(240, 5))
+        y = (rng.random(40) < 0.5)[groups] ^ (rng.random(240) < 0.1)
+        rejections += train_probe(x, y, config, groups=groups).null.p_value <= 0.05
+    assert rejections / 60 <= 0.12
