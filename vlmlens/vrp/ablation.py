@@ -308,6 +308,16 @@ class AblationResult:
             raise DataError("AblationResult needs at least one random draw and one k.")
 
 
+def _random_columns(conds: Sequence[Mapping[str, Any]], size: int) -> list[str]:
+    """The columns of the random control draws of one size."""
+    return [c["name"] for c in conds if c["kind"] == "random" and c["size"] == size]
+
+
+def _mean_of_draws(table: pd.DataFrame, conds: Sequence[Mapping[str, Any]], size: int) -> np.ndarray:
+    """Per question, the share of the random control draws of one size it answered right."""
+    return np.mean([table[name].to_numpy(dtype=float) for name in _random_columns(conds, size)], axis=0)
+
+
 def ablation_result(first_correct: np.ndarray, table: pd.DataFrame, plan: Mapping[str, Any], group: str,
                     config: AblationConfig, *, groups: np.ndarray | None = None, n_resamples: int = 1000,
                     seed: int = 0) -> AblationResult:
@@ -320,8 +330,7 @@ def ablation_result(first_correct: np.ndarray, table: pd.DataFrame, plan: Mappin
     for k in sorted({c["size"] for c in conds}):
         top = next(c for c in conds if c["kind"] == "top" and c["size"] == k)
         top_test = mcnemar_exact(first_correct, table[top["name"]].to_numpy())
-        randoms = tuple(mcnemar_exact(first_correct, table[c["name"]].to_numpy()) for c in conds
-                        if c["kind"] == "random" and c["size"] == k)
+        randoms = tuple(mcnemar_exact(first_correct, table[name].to_numpy()) for name in _random_columns(conds, k))
         random_drop = float(np.mean([r.drop_pp for r in randoms]))
         by_k.append({"k": k, "top_drop_pp": top_test.drop_pp, "top_p": top_test.p_value,
                      "random_drop_pp": random_drop, "excess_drop_pp": top_test.drop_pp - random_drop,
@@ -335,8 +344,7 @@ def ablation_result(first_correct: np.ndarray, table: pd.DataFrame, plan: Mappin
     if groups is not None:
         top = next(c for c in conds if c["kind"] == "top" and c["size"] == config.k)
         top_correct = table[top["name"]].to_numpy(dtype=float)
-        random_correct = np.mean([table[c["name"]].to_numpy(dtype=float) for c in conds
-                                  if c["kind"] == "random" and c["size"] == config.k], axis=0)
+        random_correct = _mean_of_draws(table, conds, config.k)
         kw = {"n_resamples": n_resamples, "seed": seed}
         paired = {"top_drop": paired_difference(np.asarray(first_correct, dtype=float), top_correct, groups, **kw),
                   "top_vs_random": paired_difference(random_correct, top_correct, groups, **kw)}
@@ -406,8 +414,7 @@ def destruction_result(first_correct: np.ndarray, table: pd.DataFrame, plan: Map
         name = next(c["name"] for c in conds if c["kind"] == "ranked" and c["size"] == count)
         ranked.append(float(table[name].mean()))
         pvals.append(mcnemar_exact(first_correct, table[name].to_numpy()).p_value)
-        random_rows = np.mean([table[c["name"]].to_numpy(dtype=float) for c in conds
-                               if c["kind"] == "random" and c["size"] == count], axis=0)
+        random_rows = _mean_of_draws(table, conds, count)
         random.append(float(random_rows.mean()))
         if groups is not None:
             kw = {"n_resamples": n_resamples, "seed": seed}

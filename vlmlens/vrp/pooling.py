@@ -24,6 +24,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from vlmlens.errors import DataError
+from vlmlens.vrp.stats import point_biserial_r
 
 __all__ = ["PooledCorrelation", "pool_correlations"]
 
@@ -56,12 +57,6 @@ class PooledCorrelation:
     by_family: dict[str, dict[str, float]]
     n: int
     n_images: int
-
-
-def _r(correct: np.ndarray, values: np.ndarray) -> float:
-    if correct.all() or not correct.any() or np.ptp(values) == 0:
-        return float("nan")
-    return float(np.corrcoef(correct, values)[0, 1])
 
 
 def _meta(r: np.ndarray, n: np.ndarray) -> tuple[float, float, float, float, float, float, float]:
@@ -114,11 +109,11 @@ def pool_correlations(
         values = frame[column].to_numpy(dtype=float)
         keep = np.isfinite(values)
         correct, values, images = frame["correct"].to_numpy()[keep].astype(float), values[keep], frame["image"].to_numpy()[keep]
-        if len(values) < 4 or np.isnan(_r(correct, values)):
+        if len(values) < 4 or np.isnan(point_biserial_r(correct, values)):
             raise DataError(f"R_pb({column}) is undefined for {name!r} (n={len(values)}, one outcome or a constant "
                             "measurement); pool only families where it is defined.")
         data[name] = (correct, values, images)
-    r = np.array([_r(c, v) for c, v, _ in data.values()])
+    r = np.array([point_biserial_r(c, v) for c, v, _ in data.values()])
     n = np.array([len(v) for _, v, _ in data.values()], dtype=float)
     z_fixed, se_fixed, z_random, se_random, q, tau2, i2 = _meta(r, n)
     crit = float(sps.norm.ppf(0.5 + level / 2))
@@ -131,7 +126,7 @@ def pool_correlations(
         rs, ns = [], []
         for name, (c, v, _) in data.items():
             idx = np.concatenate([rows_of[name][img] for img in picked if img in rows_of[name]] or [np.array([], int)])
-            rs.append(_r(c[idx], v[idx]) if len(idx) >= 4 else float("nan"))
+            rs.append(point_biserial_r(c[idx], v[idx]) if len(idx) >= 4 else float("nan"))
             ns.append(len(idx))
         if np.isfinite(rs).all():
             pooled.append(np.tanh(_meta(np.array(rs), np.array(ns, dtype=float))[0]))

@@ -23,7 +23,7 @@ AUROC CIs resample images when ``groups`` is given (:func:`vlmlens.vrp.stats.aur
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -315,20 +315,25 @@ def _auroc(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return rank_auroc(np.atleast_2d(labels), np.atleast_2d(scores))
 
 
-def _permute(y: np.ndarray, groups: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
-    """Labels permuted under the null: by question, or with groups whole images' label blocks
-    exchanged between images of the same size (errors cluster by image; a question-level
-    permutation would make the null too narrow)."""
+def _permuter(y: np.ndarray, groups: np.ndarray | None, rng: np.random.Generator) -> Callable[[], np.ndarray]:
+    """A function drawing labels permuted under the null: by question, or with groups whole
+    images' label blocks exchanged between images of the same size (errors cluster by image;
+    a question-level permutation would make the null too narrow). Image membership is
+    worked out once, not per draw."""
     if groups is None:
-        return rng.permutation(y)
-    out = y.copy()
+        return lambda: rng.permutation(y)
     _, inverse = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inverse == i) for i in range(inverse.max() + 1)]
-    for size in {len(m) for m in members}:
-        same = [m for m in members if len(m) == size]
-        for target, source in zip(same, rng.permutation(len(same))):
-            out[target] = y[same[source]]
-    return out
+    members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse))[:-1])
+    by_size = [[m for m in members if len(m) == size] for size in sorted({len(m) for m in members})]
+
+    def draw() -> np.ndarray:
+        out = y.copy()
+        for same in by_size:
+            for target, source in zip(same, rng.permutation(len(same))):
+                out[target] = y[same[source]]
+        return out
+
+    return draw
 
 
 def _permutation_null(
@@ -337,10 +342,10 @@ def _permutation_null(
 ) -> PermutationNull | None:
     if config.n_permutations == 0:
         return None
-    rng = np.random.default_rng([config.seed, 1])
+    draw = _permuter(y, groups, np.random.default_rng([config.seed, 1]))
     perms = []
     while len(perms) < config.n_permutations:
-        permuted = _permute(y, groups, rng)
+        permuted = draw()
         if 0 < permuted[train].sum() < len(train) and 0 < permuted[test].sum() < len(test):
             perms.append(permuted)
     labels = np.stack(perms)
@@ -531,12 +536,12 @@ def baseline_probes(
         True
     """
     config = dataclasses.replace(ProbeConfig() if config is None else config, kind="logistic")
-    out = {}
-    for name, values in scores.items():
-        x = as_finite(values, name=f"scores[{name!r}]", ndim=1)[:, None]
-        y, g, resolved, split = _prepare(labels, groups, config, len(x))
-        out[name] = _heldout(x, y, split, g, resolved, with_null=True)
-    return out
+    xs = {name: as_finite(values, name=f"scores[{name!r}]", ndim=1)[:, None] for name, values in scores.items()}
+    if not xs:
+        return {}
+    check_same_length(**{f"scores[{name!r}]": x for name, x in xs.items()})
+    y, g, resolved, split = _prepare(labels, groups, config, len(next(iter(xs.values()))))  # one split for all
+    return {name: _heldout(x, y, split, g, resolved, with_null=True) for name, x in xs.items()}
 
 
 def rank_dimensions_l1(

@@ -233,7 +233,8 @@ class Correlation:
         _check_ci(self.bootstrap_ci, "Correlation.bootstrap_ci")
 
 
-def _pb_r(binary: np.ndarray, continuous: np.ndarray) -> float:
+def point_biserial_r(binary: np.ndarray, continuous: np.ndarray) -> float:
+    """R_pb of two paired arrays, NaN where it is undefined (one class, or a constant measurement)."""
     if binary.all() or not binary.any() or np.ptp(continuous) == 0:
         return float("nan")
     return float(sps.pointbiserialr(binary, continuous).statistic)
@@ -287,7 +288,7 @@ def point_biserial(
         p=float(res.pvalue),
         n=n,
         fisher_ci=fisher_ci(r, n, level),
-        bootstrap_ci=bootstrap_ci(_pb_r, y, x, n_resamples=n_resamples, seed=seed, level=level, groups=groups),
+        bootstrap_ci=bootstrap_ci(point_biserial_r, y, x, n_resamples=n_resamples, seed=seed, level=level, groups=groups),
         level=level,
         clustered=groups is not None,
     )
