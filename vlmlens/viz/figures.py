@@ -166,9 +166,11 @@ def masking_figure(results: Mapping[str, Any]) -> go.Figure:
     fig = go.Figure()
     for i, name, r in _models(results):
         rows = r["masking"]["by_fraction"]
+        drops = {"top": [row["top"]["drop_pp"] for row in rows], "bottom": [row["bottom"]["drop_pp"] for row in rows],
+                 "random": [row["random_drop_pp"] for row in rows]}
         for kind, dash in (("top", "solid"), ("bottom", "dot"), ("random", "dash")):
             fig.add_trace(go.Scatter(x=[100 * row["fraction"] for row in rows],
-                                     y=[row[kind]["drop_pp"] for row in rows], name=f"{name} {kind}",
+                                     y=drops[kind], name=f"{name} {kind}",
                                      mode="lines+markers", line={"color": _colour(i), "dash": dash}))
     fig.add_hline(y=0, line={"color": "grey", "width": 1})
     fig.update_layout(title="Causal patch masking (ranked by last-layer attention)",

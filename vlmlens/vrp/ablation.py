@@ -283,9 +283,9 @@ class AblationResult:
         random: One McNemar test per random draw (reported k).
         random_drop_pp: Mean accuracy drop over the random draws.
         excess_drop_pp: ``top.drop_pp - random_drop_pp``.
-        by_k: Per k swept: ``{"k", "top_drop_pp", "top_p", "random_drop_pp", "excess_drop_pp"}``.
-        verdict: :func:`~vlmlens.vrp.stats.sweep_verdict` of "top-k significantly hurts
-            (McNemar p < 0.05), more than random" over the k swept.
+        by_k: Per k swept: ``{"k", "top_drop_pp", "top_p", "random_drop_pp", "excess_drop_pp",
+            "claim"}``; ``claim``: top-k significantly hurts (McNemar p < 0.05), more than random.
+        verdict: :func:`~vlmlens.vrp.stats.sweep_verdict` of the claims over the k swept.
         top_drop: Clean minus top-k correctness with its image-bootstrap CI, and
             ``top_vs_random``: the mean over random draws minus top-k correctness (the excess
             drop) with an image sign-flip test, at ``k`` (strings when no images were given).
@@ -332,13 +332,12 @@ def ablation_result(first_correct: np.ndarray, table: pd.DataFrame, plan: Mappin
         top_test = mcnemar_exact(first_correct, table[top["name"]].to_numpy())
         randoms = tuple(mcnemar_exact(first_correct, table[name].to_numpy()) for name in _random_columns(conds, k))
         random_drop = float(np.mean([r.drop_pp for r in randoms]))
+        excess = top_test.drop_pp - random_drop
         by_k.append({"k": k, "top_drop_pp": top_test.drop_pp, "top_p": top_test.p_value,
-                     "random_drop_pp": random_drop, "excess_drop_pp": top_test.drop_pp - random_drop,
+                     "random_drop_pp": random_drop, "excess_drop_pp": excess,
+                     "claim": bool(top_test.p_value < ALPHA and excess > 0),
                      "_top": top_test, "_random": randoms, "_dims": tuple(top["dims"])})
     main = next(row for row in by_k if row["k"] == config.k)
-
-    def claim(row: dict[str, Any]) -> bool:
-        return row["top_p"] < ALPHA and row["excess_drop_pp"] > 0
 
     paired = {}
     if groups is not None:
@@ -353,7 +352,7 @@ def ablation_result(first_correct: np.ndarray, table: pd.DataFrame, plan: Mappin
         site=conds[0]["site"], k=config.k, dims=main["_dims"], top=main["_top"], random=main["_random"],
         random_drop_pp=main["random_drop_pp"], excess_drop_pp=main["excess_drop_pp"],
         by_k=tuple({k: v for k, v in row.items() if not k.startswith("_")} for row in by_k),
-        verdict=sweep_verdict([claim(row) for row in by_k]),
+        verdict=sweep_verdict([row["claim"] for row in by_k]),
     )
 
 

@@ -63,6 +63,7 @@ __all__ = [
     "correlations",
     "images",
     "margin_summary",
+    "masked_correct",
     "masking_summary",
     "multiplicity",
     "probe_summary",
@@ -371,13 +372,18 @@ class MaskingSummary:
 
     Attributes:
         fraction: The reported share.
-        top: Masking the most-attended patches; ``bottom`` the least; ``random`` random ones.
-        by_fraction: Per share swept: ``{"fraction", "top", "bottom", "random"}`` McNemar tests.
-        verdict: :func:`sweep_verdict` of "masking the top patches significantly hurts
-            (McNemar p < 0.05), more than random masking" over the shares swept.
+        top: Masking the most-attended patches; ``bottom`` the least; ``random`` the first
+            random patch set (one test against the clean run, whatever the number of draws).
+        random_drop_pp: Mean accuracy drop over the ``random_draws`` random patch sets.
+        random_draws: Random patch sets per question at the reported share.
+        by_fraction: Per share swept: ``{"fraction", "top", "bottom", "random"}`` McNemar
+            tests, ``random_drop_pp`` (mean over that share's draws) and ``claim`` (top
+            masking hurts at p < 0.05 and more than the mean random drop).
+        verdict: :func:`sweep_verdict` of the shares' claims.
         top_drop: Clean minus top-masked correctness (the drop) with its image-bootstrap CI;
-            ``top_vs_random`` random- minus top-masked (the excess drop over random) and
-            ``top_vs_bottom`` bottom- minus top-masked, each with an image sign-flip test
+            ``top_vs_random`` the random- (per question, the mean over draws) minus
+            top-masked correctness (the excess drop over random) and ``top_vs_bottom``
+            bottom- minus top-masked, each with an image sign-flip test
             (:func:`~vlmlens.vrp.stats.paired_difference`), at the reported share.
     """
 
@@ -385,11 +391,20 @@ class MaskingSummary:
     top: McNemar
     bottom: McNemar
     random: McNemar
+    random_drop_pp: float
+    random_draws: int
     by_fraction: tuple[dict[str, Any], ...]
     verdict: str
     top_drop: PairedDifference | Undefined = "undefined: no images"
     top_vs_random: PairedDifference | Undefined = "undefined: no images"
     top_vs_bottom: PairedDifference | Undefined = "undefined: no images"
+
+
+def masked_correct(frame: pd.DataFrame, kind: str, fraction: float, config: VRPConfig) -> np.ndarray:
+    """Per question, first-token correctness under one mask; for random masks, the mean over draws."""
+    draws = config.masking.draws(fraction) if kind == "random" else 1
+    columns = [mask_column(kind, fraction, draw) for draw in range(draws)]
+    return frame[columns].to_numpy(dtype=float).mean(axis=1)
 
 
 def masking_summary(frame: pd.DataFrame, config: VRPConfig) -> MaskingSummary:
@@ -400,23 +415,22 @@ def masking_summary(frame: pd.DataFrame, config: VRPConfig) -> MaskingSummary:
         row: dict[str, Any] = {"fraction": fraction}
         for kind in MASKS:
             row[kind] = mcnemar_exact(first, frame[mask_column(kind, fraction)].to_numpy())
+        row["random_drop_pp"] = 100 * float(first.mean() - masked_correct(frame, "random", fraction, config).mean())
+        row["claim"] = bool(row["top"].p_value < ALPHA and row["top"].drop_pp > row["random_drop_pp"])
         by_fraction.append(row)
     main = next(r for r in by_fraction if r["fraction"] == config.masking.fraction)
     groups = images(frame)
     paired: dict[str, Any] = {}
     if groups is not None:
         kw = {"n_resamples": config.n_resamples, "seed": config.seed}
-        masked = {kind: frame[mask_column(kind, config.masking.fraction)].to_numpy(dtype=float) for kind in MASKS}
+        masked = {kind: masked_correct(frame, kind, config.masking.fraction, config) for kind in MASKS}
         paired = {"top_drop": _try(paired_difference, first.astype(float), masked["top"], groups, **kw),
                   "top_vs_random": _try(paired_difference, masked["random"], masked["top"], groups, **kw),
                   "top_vs_bottom": _try(paired_difference, masked["bottom"], masked["top"], groups, **kw)}
-
-    def claim(row: dict[str, Any]) -> bool:
-        return row["top"].p_value < ALPHA and row["top"].drop_pp > row["random"].drop_pp
-
     return MaskingSummary(fraction=config.masking.fraction, top=main["top"], bottom=main["bottom"],
-                          random=main["random"], by_fraction=tuple(by_fraction),
-                          verdict=sweep_verdict([claim(r) for r in by_fraction]), **paired)
+                          random=main["random"], random_drop_pp=main["random_drop_pp"],
+                          random_draws=config.masking.random_draws, by_fraction=tuple(by_fraction),
+                          verdict=sweep_verdict([r["claim"] for r in by_fraction]), **paired)
 
 
 def examples(frame: pd.DataFrame, n: int) -> list[dict[str, Any]]:

@@ -38,8 +38,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--images", type=Path, default=None, help="image folder for --pope")
     p.add_argument("--out", type=Path, default=Path("runs/reproduce"))
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", type=Path, default=None,
+                   help="a JSON object of VRPConfig settings (nested objects change only the keys they name), or "
+                        "a results.json whose config to reuse; the flags below override it where given")
+    p.add_argument("--batch-size", type=int, default=None, help="questions per forward (default 8)")
+    p.add_argument("--seed", type=int, default=None, help="seeds the data, masks, sampling, probes (default 0)")
     p.add_argument("--suffix", action=argparse.BooleanOptionalAction, default=None,
                    help="append POPE's 'Answer the question using a single word or phrase.' to questions "
                         "(default: on for real checkpoints, off for the zoo toys, which were trained mostly without)")
@@ -57,7 +60,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 
-def _dataset(args: argparse.Namespace, n_images: int) -> Any:
+def _dataset(args: argparse.Namespace, n_images: int, seed: int) -> Any:
     from vlmlens.data import load_pope, synth_pope
 
     if args.pope is not None:
@@ -65,23 +68,51 @@ def _dataset(args: argparse.Namespace, n_images: int) -> Any:
             raise SystemExit("--pope needs --images DIR (the folder holding the question file's images)")
         dataset = load_pope(args.pope, args.images)
         return dataset.subset(min(len(dataset), n_images * 6))
-    return synth_pope(args.split, n_images, seed=args.seed)
+    return synth_pope(args.split, n_images, seed=seed)
+
+
+RUN_KEYS = ("n_images", "n_questions", "split", "dataset")
+"""Keys of results.json's ``config`` that describe the run, not VRPConfig settings."""
+
+
+def _config_file(path: Path | None) -> dict[str, Any]:
+    """The settings in ``--config``: a JSON object of VRPConfig settings, or a results.json."""
+    from vlmlens.errors import DataError
+
+    if path is None:
+        return {}
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"--config {path}: cannot read a JSON object ({err}).") from err
+    if not isinstance(values, dict):
+        raise DataError(f"--config {path}: expected a JSON object of settings, got {type(values).__name__}.")
+    if "models" in values and "config" in values:  # a results.json: reuse its run's settings
+        values = {k: v for k, v in values["config"].items() if k not in RUN_KEYS}
+    return values
 
 
 def _config(args: argparse.Namespace) -> Any:
+    """The run's VRPConfig: defaults, then ``--config``, then the flags given (real checkpoints get POPE's)."""
     from vlmlens.cli import is_toy
-    from vlmlens.vrp.config import ConsistencyConfig, VRPConfig
+    from vlmlens.vrp.config import VRPConfig
 
-    resamples = getattr(args, "resamples", None)
-    if resamples is None:
-        resamples = 200 if args.quick else 1000
+    values = _config_file(getattr(args, "config", None))
     real = not all(is_toy(name) for name in getattr(args, "models", ()))  # a real checkpoint among the models
-    suffix = getattr(args, "suffix", None)
-    tokens = getattr(args, "max_new_tokens", None)
-    return VRPConfig(batch_size=getattr(args, "batch_size", 8), seed=args.seed, n_resamples=resamples,
-                     suffix=real if suffix is None else suffix,
-                     consistency=ConsistencyConfig(max_new_tokens=tokens or (10 if real else 3)),
-                     interventions=not getattr(args, "no_interventions", False))
+    values.setdefault("suffix", real)
+    consistency = dict(values.get("consistency", {}))
+    consistency.setdefault("max_new_tokens", 10 if real else 3)
+    values["consistency"] = consistency
+    if args.quick:
+        values.setdefault("n_resamples", 200)
+    flags = {"batch_size": getattr(args, "batch_size", None), "seed": getattr(args, "seed", None),
+             "n_resamples": getattr(args, "resamples", None), "suffix": getattr(args, "suffix", None)}
+    values.update({key: value for key, value in flags.items() if value is not None})
+    if getattr(args, "max_new_tokens", None) is not None:
+        consistency["max_new_tokens"] = args.max_new_tokens
+    if getattr(args, "no_interventions", False):
+        values["interventions"] = False
+    return VRPConfig.from_dict(values)
 
 
 POOLED = ("C_k", "H_s_norm")
@@ -127,7 +158,7 @@ def reproduce(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(threads)
     n_images = args.n if args.n is not None else (10 if args.quick else 100)
     config = _config(args)
-    dataset = _dataset(args, n_images)
+    dataset = _dataset(args, n_images, config.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
         "config": {"n_images": n_images, "n_questions": len(dataset), "split": args.split,

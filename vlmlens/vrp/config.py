@@ -10,8 +10,9 @@ Examples:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any, Literal
 
 from vlmlens.errors import DataError
 from vlmlens.vrp.probes import ProbeConfig
@@ -52,21 +53,34 @@ class MaskingConfig:
     Attributes:
         fraction: The reported share of patches (paper: 30%).
         sensitivity: Shares swept to check the conclusion (must include ``fraction``).
+        random_draws: Random patch sets per question at the reported share; the random
+            control is the mean over them.
+        sweep_draws: Random patch sets per question at the other shares swept (**choice**:
+            2, to bound the run time; the sweep only reads the mean drop).
     """
 
     fraction: float = 0.3
     sensitivity: tuple[float, ...] = (0.2, 0.3, 0.4)
+    random_draws: int = 10
+    sweep_draws: int = 2
 
     def __post_init__(self) -> None:
         _check_fraction_list("MaskingConfig.sensitivity", self.sensitivity)
         _check_fraction_list("MaskingConfig.fraction", (self.fraction,))
         if self.fraction not in self.sensitivity:
             raise DataError(f"MaskingConfig.sensitivity {self.sensitivity} must include fraction={self.fraction}.")
+        if self.random_draws < 1 or self.sweep_draws < 1:
+            raise DataError(f"MaskingConfig needs random_draws and sweep_draws >= 1, got "
+                            f"random_draws={self.random_draws}, sweep_draws={self.sweep_draws}.")
 
     @property
     def fractions(self) -> tuple[float, ...]:
         """Every share measured, sorted."""
         return tuple(sorted(set(self.sensitivity)))
+
+    def draws(self, fraction: float) -> int:
+        """Random patch sets per question at one share."""
+        return self.random_draws if fraction == self.fraction else self.sweep_draws
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -280,3 +294,43 @@ class VRPConfig:
         from dataclasses import asdict
 
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> VRPConfig:
+        """The defaults with some settings changed: the inverse of :meth:`to_dict`, and partial.
+
+        Nested settings are nested objects; a nested object changes only the keys it names.
+
+        Examples:
+            >>> config = VRPConfig.from_dict({"seed": 3, "masking": {"random_draws": 2}})
+            >>> config.seed, config.masking.random_draws, config.masking.fraction
+            (3, 2, 0.3)
+
+        Raises:
+            DataError: on a key that is not a setting (the message lists the valid ones), or a
+                value the setting refuses.
+        """
+        return _override(cls(), values, "VRPConfig")
+
+
+def _override(base: Any, values: Any, where: str) -> Any:
+    """``base`` (a frozen dataclass) with the settings in ``values`` replaced, recursively."""
+    if not isinstance(values, Mapping):
+        raise DataError(f"{where} must be an object of settings (e.g. {{\"seed\": 1}}), got {values!r}.")
+    names = [f.name for f in fields(base)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise DataError(f"{where} has no setting {', '.join(map(repr, unknown))}; its settings are {', '.join(names)}.")
+    changes = {}
+    for key, value in values.items():
+        current = getattr(base, key)
+        if is_dataclass(current):
+            changes[key] = _override(current, value, f"{where}.{key}")
+        else:
+            changes[key] = tuple(value) if isinstance(current, tuple) and isinstance(value, list) else value
+    try:
+        return replace(base, **changes)
+    except DataError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{where}: a setting has a value of the wrong type ({err}); see {type(base).__name__}.") from err

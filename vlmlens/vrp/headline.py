@@ -110,7 +110,8 @@ def _rows(name: str, r: dict[str, Any]) -> list[tuple[str, ...]]:
     rows.append(("R_pb(H_s, correct)", name, *_corr(r["attention"]["rpb"]["H_s"]), _paper("rpb_H_s", fam)))
     m = r["masking"]
     pct = round(100 * m["fraction"])
-    extra = (f"; bottom {m['bottom']['drop_pp']:.1f}, random {m['random']['drop_pp']:.1f}"
+    extra = (f"; bottom {m['bottom']['drop_pp']:.1f}, random {m['random_drop_pp']:.1f} (mean of "
+             f"{m['random_draws']} draws)"
              + _vs(m.get("top_vs_random"), "excess over random") + _vs(m.get("top_vs_bottom"), "excess over bottom"))
     rows.append((f"top-{pct}% attended patch masking, accuracy drop", name, *_drop(m["top"], extra, m.get("top_drop")),
                  _paper("mask_top", fam)))
@@ -179,10 +180,9 @@ def _sensitivity_rows(name: str, r: dict[str, Any]) -> list[tuple[str, ...]]:
         return "; ".join(values)
 
     m = r["masking"]
-    hurts = [f"{round(100 * row['fraction'])}%: {_yes(row['top']['p_value'] < 0.05 and row['top']['drop_pp'] > row['random']['drop_pp'])}"
-             for row in m["by_fraction"]]
+    hurts = [f"{round(100 * row['fraction'])}%: {_yes(row['claim'])}" for row in m["by_fraction"]]
     rows = [("mask share", name, fmt([f"{round(100 * row['fraction'])}%: top {row['top']['drop_pp']:.1f} / "
-                                      f"random {row['random']['drop_pp']:.1f} pp" for row in m["by_fraction"]]),
+                                      f"random {row['random_drop_pp']:.1f} pp" for row in m["by_fraction"]]),
              f"top patches hurt significantly (p<0.05) and more than random? {', '.join(hurts)}"
              + _holds(m["verdict"]))]
     att = r["attention"]
@@ -202,7 +202,7 @@ def _sensitivity_rows(name: str, r: dict[str, Any]) -> list[tuple[str, ...]]:
             a = r["ablation"][point]
             if len(a["by_k"]) < 2:
                 continue
-            hurts = [f"k={row['k']}: {_yes(row['top_p'] < 0.05 and row['excess_drop_pp'] > 0)}" for row in a["by_k"]]
+            hurts = [f"k={row['k']}: {_yes(row['claim'])}" for row in a["by_k"]]
             rows.append((f"ablated k ({point})", name,
                          fmt([f"k={row['k']}: {row['top_drop_pp']:.1f} vs {row['random_drop_pp']:.1f} pp"
                               for row in a["by_k"]]),

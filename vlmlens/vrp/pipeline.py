@@ -57,14 +57,19 @@ FEATURES = {"resid": Point.RESID_POST, "mlp_out": Point.MLP_OUT, "mlp_post": Poi
 """Feature shard name -> the site (every text layer, last prompt position) it stores."""
 
 
-def mask_column(kind: str, fraction: float) -> str:
+def mask_column(kind: str, fraction: float, draw: int = 0) -> str:
     """Column of ``samples.csv`` holding the first-token correctness under one mask.
+
+    Random masks are numbered by their draw (``MaskingConfig.draws``); ranked ones have one.
 
     Examples:
         >>> mask_column("top", 0.3)
         'mask_top_30_correct'
+        >>> mask_column("random", 0.3, draw=2)
+        'mask_random_30_d2_correct'
     """
-    return f"mask_{kind}_{round(fraction * 100):02d}_correct"
+    tag = f"_d{draw}" if kind == "random" else ""
+    return f"mask_{kind}_{round(fraction * 100):02d}{tag}_correct"
 
 
 def batches_of(items: Sequence[Any], size: int) -> list[tuple[int, list[Any]]]:
@@ -137,18 +142,19 @@ def _round(values: np.ndarray, digits: int = 5) -> str:
 
 
 def _mask_conditions(maps_last: list[torch.Tensor], qids: Sequence[int], config: VRPConfig) -> tuple[list, list]:
-    """One MaskPixels condition per (kind, share); random scores seeded per question."""
-    random_scores = [
-        torch.from_numpy(np.random.default_rng([config.seed, int(q)]).random(tuple(m.shape)))
-        for q, m in zip(qids, maps_last)
-    ]
+    """One MaskPixels condition per (kind, share, draw); random scores seeded per question and draw."""
+    def random_scores(draw: int) -> list[torch.Tensor]:
+        return [torch.from_numpy(np.random.default_rng([config.seed, int(q), draw]).random(tuple(m.shape)))
+                for q, m in zip(qids, maps_last)]
+
     names, conditions = [], []
     for fraction in config.masking.fractions:
-        for kind in MASKS:
-            scores = random_scores if kind == "random" else maps_last
-            chosen = [top_patches(s, fraction, largest=kind != "bottom") for s in scores]
-            names.append(mask_column(kind, fraction))
-            conditions.append([MaskPixels(patches=chosen)])
+        masks = [(mask_column(kind, fraction), maps_last, kind == "top") for kind in ("top", "bottom")]
+        masks += [(mask_column("random", fraction, draw), random_scores(draw), True)
+                  for draw in range(config.masking.draws(fraction))]
+        for name, scores, largest in masks:
+            names.append(name)
+            conditions.append([MaskPixels(patches=[top_patches(s, fraction, largest=largest) for s in scores])])
     return names, conditions
 
 

@@ -27,3 +27,41 @@ def test_model_flags_reach_the_loader():
     assert (args.dtype, args.device, args.device_map) == ("bf16", "cpu", None)
     model = load_model("tiny-llava", dtype=args.dtype, device=args.device)
     assert next(model.hf_model.parameters()).dtype == torch.bfloat16
+
+
+def test_config_file_sets_any_setting_and_explicit_flags_win(tmp_path):
+    import json
+
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"seed": 4, "batch_size": 2, "masking": {"random_draws": 3, "sensitivity": [0.3]},
+                                "consistency": {"k": 2, "ks": [2]}}))
+    config = _config(_args("--models", "toy-llava", "--config", str(path), "--batch-size", "5"))
+    assert (config.seed, config.batch_size) == (4, 5)  # the flag overrides the file
+    assert config.masking.random_draws == 3 and config.masking.sensitivity == (0.3,)
+    assert config.masking.fraction == 0.3 and config.consistency.ks == (2,)  # unnamed keys keep their defaults
+    assert config.consistency.max_new_tokens == 3  # the toy default still fills what the file leaves out
+
+
+def test_config_file_reuses_a_previous_runs_results_json(tmp_path):
+    import json
+
+    from vlmlens.vrp.config import VRPConfig
+
+    before = VRPConfig.from_dict({"seed": 7, "suffix": True, "ablation": {"k": 3, "ks": [3]}})
+    results = {"config": {"n_images": 5, "n_questions": 30, "split": "random", "dataset": "SynthPOPE",
+                          **before.to_dict()}, "models": {}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert _config(_args("--models", "toy-llava", "--config", str(tmp_path / "results.json"))) == before
+
+
+def test_config_file_with_an_unknown_setting_names_it_and_the_valid_ones(tmp_path):
+    import pytest
+
+    from vlmlens.errors import DataError
+
+    (tmp_path / "bad.json").write_text('{"masking": {"draws": 3}}')
+    with pytest.raises(DataError, match=r"VRPConfig.masking has no setting 'draws'; its settings are fraction, "):
+        _config(_args("--models", "toy-llava", "--config", str(tmp_path / "bad.json")))
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match="expected a JSON object of settings, got list"):
+        _config(_args("--models", "toy-llava", "--config", str(tmp_path / "list.json")))

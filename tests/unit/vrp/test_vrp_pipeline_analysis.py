@@ -29,7 +29,7 @@ from vlmlens.vrp.pipeline import mask_column
 
 N = 40
 CONFIG = VRPConfig(n_resamples=50, consistency=ConsistencyConfig(k=4, ks=(2, 4)),
-                   masking=MaskingConfig(fraction=0.3, sensitivity=(0.2, 0.3)))
+                   masking=MaskingConfig(fraction=0.3, sensitivity=(0.2, 0.3), random_draws=3, sweep_draws=2))
 
 
 def _frame() -> pd.DataFrame:
@@ -42,7 +42,8 @@ def _frame() -> pd.DataFrame:
     for fraction in (0.2, 0.3):
         frame[mask_column("top", fraction)] = (np.arange(N) >= 16).astype(int)  # 16 of 40 flip to wrong
         frame[mask_column("bottom", fraction)] = 1
-        frame[mask_column("random", fraction)] = (np.arange(N) != 0).astype(int)
+        for draw in range(CONFIG.masking.draws(fraction)):  # draw d gets question d wrong, the third none
+            frame[mask_column("random", fraction, draw)] = (np.arange(N) != (draw if draw < 2 else -1)).astype(int)
     return frame
 
 
@@ -61,8 +62,12 @@ def test_masking_drops_and_exact_mcnemar() -> None:
     assert res.fraction == 0.3
     assert (res.top.b, res.top.c, res.top.drop_pp) == (16, 0, 40.0)
     assert res.top.p_value == pytest.approx(2 * 0.5**16)
-    assert res.bottom.drop_pp == 0.0 and res.random.drop_pp == pytest.approx(2.5)
+    assert res.bottom.drop_pp == 0.0 and res.random.drop_pp == pytest.approx(2.5)  # the first draw's test
+    # The random control is the mean over draws: 3 at the reported share, 2 at the other.
+    assert res.random_draws == 3 and res.random_drop_pp == pytest.approx(100 * 2 / 3 / N)
+    assert [row["random_drop_pp"] for row in res.by_fraction] == pytest.approx([100 * 2 / 2 / N, 100 * 2 / 3 / N])
     assert res.verdict == "robust: the same effect at every setting" and len(res.by_fraction) == 2
+    assert all(row["claim"] for row in res.by_fraction)
 
 
 def test_margin_summary_finds_the_planted_peak_layer() -> None:
@@ -103,6 +108,8 @@ def test_paired_differences_use_images_and_no_wald_interval() -> None:
     # (a question-level McNemar would say p = 3e-5).
     assert res.top_vs_bottom.mean == pytest.approx(0.4) and res.top_vs_bottom.p_value == pytest.approx(0.125)
     assert res.top_vs_random.exact and res.top_vs_random.p_value == pytest.approx(0.125)
+    # Per question, the mean of the 3 random draws minus top: 2/3 for questions 0-1, 1 for 2-15, 0 after.
+    assert res.top_vs_random.mean == pytest.approx((2 * 2 / 3 + 14) / N)
     assert res.top.p_value < 1e-4
 
 
