@@ -48,6 +48,7 @@ _LAZY = {
     "ConsistencyConfig": "vlmlens.vrp.config",
     "AblationConfig": "vlmlens.vrp.config",
     "DestructionConfig": "vlmlens.vrp.config",
+    "IdentifyConfig": "vlmlens.vrp.config",
     "decode_shared": "vlmlens.vrp.sampling",
     "rank_dimensions": "vlmlens.vrp.ablation",
 }
@@ -65,6 +66,7 @@ __all__ = [
     "ConsistencyConfig",
     "Correlation",
     "DestructionConfig",
+    "IdentifyConfig",
     "LayerProbeResults",
     "MaskingConfig",
     "McNemar",

@@ -481,6 +481,11 @@ def _p_values(results: dict[str, Any]) -> dict[str, list[tuple[str, float]]]:
             a = results["ablation"][point]
             fam["ablation"] += [(f"{point} top-{row['k']} vs clean", row["top_p"]) for row in a["by_k"]]
             fam["ablation"].append((f"{point} top-{a['k']} vs random", p_of(a.get("top_vs_random"))))
+    if isinstance(results.get("identification"), dict):
+        for point in ("mlp_out", "mlp_post"):
+            a = results["identification"][point]
+            fam["ablation"] += [(f"{point} top-{a['k']} vs clean, object identification", a["by_k"][0]["top_p"]),
+                                (f"{point} top-{a['k']} vs random, object identification", p_of(a.get("top_vs_random")))]
     if isinstance(results.get("destruction"), dict):
         d = results["destruction"]
         fam["destruction"] += [(f"ranked {n} dims vs clean", p) for n, p in zip(d["counts"], d["ranked_p"])]

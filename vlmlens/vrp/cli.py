@@ -54,6 +54,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: the toy models' small matrices run fastest on one)")
     p.add_argument("--no-interventions", action="store_true", help="skip neuron ablation and dimension destruction")
+    p.add_argument("--identify", action="store_true",
+                   help="also score the neuron ablation on object identification (the paper's readout): each image "
+                        "is asked 'What objects are in the image?', clean and under each reported-k ablation")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     add_model_arguments(p)
     return p
@@ -112,6 +115,8 @@ def _config(args: argparse.Namespace) -> Any:
         consistency["max_new_tokens"] = args.max_new_tokens
     if getattr(args, "no_interventions", False):
         values["interventions"] = False
+    if getattr(args, "identify", False):
+        values["identify"] = {**values.get("identify", {}), "enabled": True}
     return VRPConfig.from_dict(values)
 
 

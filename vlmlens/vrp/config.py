@@ -22,6 +22,7 @@ __all__ = [
     "AttentionSweepConfig",
     "ConsistencyConfig",
     "DestructionConfig",
+    "IdentifyConfig",
     "MaskingConfig",
     "VRPConfig",
 ]
@@ -233,6 +234,26 @@ class DestructionConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class IdentifyConfig:
+    """The object-identification readout of the neuron ablation (:mod:`vlmlens.vrp.identify`).
+
+    Attributes:
+        enabled: Ask each image "What objects are in the image?", clean and under each
+            reported-k ablation, and score POPE's questions from the list (off by default:
+            one generation per image and condition).
+        max_new_tokens: Tokens generated per answer (a list of objects; real VLMs answer in
+            sentences).
+    """
+
+    enabled: bool = False
+    max_new_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise DataError(f"IdentifyConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}.")
+
+
+@dataclass(frozen=True, kw_only=True)
 class VRPConfig:
     """Parameters of a VRP run (VRP.md marks the choices).
 
@@ -254,6 +275,7 @@ class VRPConfig:
         consistency: Self-consistency settings.
         ablation: Neuron ablation settings.
         destruction: Dimension destruction settings.
+        identify: The object-identification readout of the neuron ablation.
         probe: The logistic hidden-state probe.
         mlp_probe: The 2-layer MLP probe (workshop paper).
     """
@@ -270,6 +292,7 @@ class VRPConfig:
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
     destruction: DestructionConfig = field(default_factory=DestructionConfig)
+    identify: IdentifyConfig = field(default_factory=IdentifyConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     mlp_probe: ProbeConfig = field(default_factory=lambda: ProbeConfig(kind="mlp"))
 

@@ -160,12 +160,21 @@ def _intervention_rows(name: str, r: dict[str, Any]) -> list[tuple[str, ...]]:
     if isinstance(ab, str):
         return [("probe-neuron ablation / dimension destruction", name, ab, "-", "-", _paper("neuron", fam))]
     rows = []
+    ident = r.get("identification")
+    paper_row = "identification" if isinstance(ident, dict) else "mlp_out"  # the paper's -8.3 pp is identification
     for point, label in (("mlp_out", "MLP-output dims"), ("mlp_post", "MLP neurons")):
         a = ab[point]
         extra = (f" vs random {a['random_drop_pp']:.1f} ({len(a['random'])} draws)"
                  + (_vs(a.get("top_vs_random"), "excess") or f"; excess {a['excess_drop_pp']:.1f}"))
         rows.append((f"top-{a['k']} probe-ranked {label} ablation (L{ab['layer']}), accuracy drop", name,
-                     *_drop(a["top"], extra, a.get("top_drop")), _paper("neuron", fam) if point == "mlp_out" else "-"))
+                     *_drop(a["top"], extra, a.get("top_drop")), _paper("neuron", fam) if point == paper_row else "-"))
+    if isinstance(ident, dict):
+        a = ident["mlp_out"]
+        extra = (f" vs random {a['random_drop_pp']:.1f} ({len(a['random'])} draws); clean identification "
+                 f"accuracy {ident['clean_accuracy']:.3f}" + _vs(a.get("top_vs_random"), "excess"))
+        title = (f"top-{a['k']} probe-ranked MLP-output dims ablation (L{ident['layer']}), object-identification "
+                 "accuracy drop")
+        rows.append((title, name, *_drop(a["top"], extra, a.get("top_drop")), _paper("neuron", fam)))
     ranked, random = de["drop_at_half_pp"]["ranked"], de["drop_at_half_pp"]["random"]
     half = min(range(len(de["counts"])), key=lambda i: abs(de["counts"][i] / de["width"] - 0.5))
     ci = (f"ranked {_pp_ci({'ci': de['ranked_drop_ci'][half]})}; random {_pp_ci({'ci': de['random_drop_ci'][half]})}"

@@ -24,7 +24,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from vlmlens.errors import DataError
-from vlmlens.vrp.stats import point_biserial_r
+from vlmlens.vrp.stats import point_biserial_r, weighted_point_biserial_r
 
 __all__ = ["PooledCorrelation", "pool_correlations"]
 
@@ -118,18 +118,16 @@ def pool_correlations(
     z_fixed, se_fixed, z_random, se_random, q, tau2, i2 = _meta(r, n)
     crit = float(sps.norm.ppf(0.5 + level / 2))
     all_images = np.unique(np.concatenate([im for _, _, im in data.values()]))
-    rows_of = {name: {img: np.flatnonzero(im == img) for img in np.unique(im)} for name, (_, _, im) in data.items()}
     rng = np.random.default_rng(seed)
-    pooled = []
-    for _ in range(n_resamples):
-        picked = all_images[rng.integers(0, len(all_images), size=len(all_images))]
-        rs, ns = [], []
-        for name, (c, v, _) in data.items():
-            idx = np.concatenate([rows_of[name][img] for img in picked if img in rows_of[name]] or [np.array([], int)])
-            rs.append(point_biserial_r(c[idx], v[idx]) if len(idx) >= 4 else float("nan"))
-            ns.append(len(idx))
-        if np.isfinite(rs).all():
-            pooled.append(np.tanh(_meta(np.array(rs), np.array(ns, dtype=float))[0]))
+    picks = np.stack([np.bincount(rng.integers(0, len(all_images), size=len(all_images)), minlength=len(all_images))
+                      for _ in range(n_resamples)])  # resample x image: times each image is drawn
+    rs, ns = [], []
+    for c, v, im in data.values():  # each family's rows weighted by their image's draws (shared across families)
+        weights = picks[:, np.searchsorted(all_images, im)]
+        ns.append(weights.sum(1))
+        rs.append(np.where(ns[-1] >= 4, weighted_point_biserial_r(c, v, weights), np.nan))
+    rs_all, ns_all = np.stack(rs, 1), np.stack(ns, 1).astype(float)
+    pooled = [np.tanh(_meta(rb, nb)[0]) for rb, nb in zip(rs_all, ns_all) if np.isfinite(rb).all()]
     if not pooled:
         raise DataError(f"R_pb({column}) was undefined on every image resample; collect more images.")
     alpha = 50.0 * (1.0 - level)

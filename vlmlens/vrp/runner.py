@@ -41,6 +41,7 @@ from vlmlens.vrp.analysis import (
     to_jsonable,
 )
 from vlmlens.vrp.config import VRPConfig
+from vlmlens.vrp.identify import identification_result, run_identification
 from vlmlens.vrp.pipeline import run_samples
 from vlmlens.vrp.store import SampleStore
 
@@ -123,14 +124,14 @@ def _measure(model: Any, dataset: Any, config: VRPConfig, store: SampleStore, *,
 def _interventions(model: Any, dataset: Any, config: VRPConfig, store: SampleStore, frame: pd.DataFrame, *,
                    name: str, best_probe: int | None, peak_visual: int,
                    progress: bool | None = None) -> tuple[dict[str, Any], pd.DataFrame | None]:
+    phases = ("ablation", "destruction", *(("identification",) if config.identify.enabled else ()))
     if not config.interventions:
-        skipped = "skipped: VRPConfig.interventions is False"
-        return {"ablation": skipped, "destruction": skipped}, None
+        return dict.fromkeys(phases, "skipped: VRPConfig.interventions is False"), None
     correct = frame["correct"].to_numpy()
     if best_probe is None or correct.min() == correct.max():
         why = (f"undefined: needs both correct and wrong greedy answers with enough of each for the probes "
                f"(got {int(correct.sum())} correct of {len(correct)})")
-        return {"ablation": why, "destruction": why}, None
+        return dict.fromkeys(phases, why), None
     plan = make_plan(store, frame, config, best_probe=best_probe, peak_visual=peak_visual, n_layers=model.n_layers)
     stored = store.read_json("plan")
     if stored is not None and stored != to_jsonable(plan) and store.exists("interventions"):
@@ -143,6 +144,14 @@ def _interventions(model: Any, dataset: Any, config: VRPConfig, store: SampleSto
     kw = {"groups": images(frame), "n_resamples": config.n_resamples, "seed": config.seed}
     destruction = destruction_result(first, table, plan, mode=config.destruction.mode, **kw)
     ranked, random = destruction.drop_at(0.5)
+    extra: dict[str, Any] = {}
+    if config.identify.enabled:
+        run_identification(model, dataset, config, store, plan, name=name, progress=progress)
+        identified = store.read("identify", frame["question_id"].tolist())
+        extra["identification"] = {"layer": plan["ablation_layer"],
+                                   **identification_result(identified, plan, config, groups=kw["groups"])}
+        scores = [c for c in identified.columns if c.endswith("_correct")]  # answers stay in identify.csv
+        table = table.merge(identified[["question_id", *scores]], on="question_id")
     return {
         "ablation": {
             "layer": plan["ablation_layer"],
@@ -152,6 +161,7 @@ def _interventions(model: Any, dataset: Any, config: VRPConfig, store: SampleSto
         "destruction": {"layer": plan["destruction_layer"], **to_jsonable(destruction),
                         "fractions": list(destruction.fractions), "drop_at_half_pp": {"ranked": ranked,
                                                                                        "random": random}},
+        **extra,
     }, table
 
 

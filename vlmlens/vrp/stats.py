@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from jaxtyping import Real, Shaped
+from jaxtyping import Float, Int, Real, Shaped
 from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
 
@@ -240,6 +240,41 @@ def point_biserial_r(binary: np.ndarray, continuous: np.ndarray) -> float:
     return float(sps.pointbiserialr(binary, continuous).statistic)
 
 
+def bootstrap_weights(n: int, n_resamples: int, *, seed: int = 0,
+                      groups: Shaped[np.ndarray, " n"] | None = None) -> Int[np.ndarray, "resample n"]:
+    """How many times each row enters each bootstrap resample: the draws of :func:`bootstrap_ci`.
+
+    The same seed and groups give the same resamples as :func:`bootstrap_ci`, as counts, so
+    a statistic that is a weighted sum can be computed for every resample at once.
+    """
+    if n_resamples < 1 or n < 2:
+        raise DataError(f"a bootstrap needs n_resamples >= 1 and n >= 2 rows, got n_resamples={n_resamples}, n={n}.")
+    draw = _resampler(n, groups, np.random.default_rng(seed))
+    return np.stack([np.bincount(draw(), minlength=n) for _ in range(n_resamples)])
+
+
+def weighted_point_biserial_r(binary: np.ndarray, continuous: np.ndarray,
+                              weights: Int[np.ndarray, "resample n"]) -> Float[np.ndarray, " resample"]:
+    """R_pb of every resample given as row counts (:func:`bootstrap_weights`); NaN where undefined.
+
+    Equals :func:`point_biserial_r` of the resampled rows (Pearson's r of the 0/1 outcome
+    with the measurement), without building the resamples.
+    """
+    w = weights.astype(np.float64)
+    y, x = binary.astype(np.float64), continuous.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):  # empty or degenerate resamples: NaN, set below
+        total = w.sum(1, keepdims=True)
+        dy = y[None, :] - (w @ y)[:, None] / total
+        dx = x[None, :] - (w @ x)[:, None] / total
+        cov, var_y, var_x = ((w * dy * dx).sum(1), (w * dy * dy).sum(1), (w * dx * dx).sum(1))
+        r = np.clip(cov / np.sqrt(var_y * var_x), -1.0, 1.0)
+    chosen = weights > 0
+    positives = (weights * (binary != 0)).sum(1)
+    constant = np.where(chosen, x, np.inf).min(1) == np.where(chosen, x, -np.inf).max(1)
+    undefined = (positives == 0) | (positives == weights.sum(1)) | constant  # decided on counts, exactly
+    return np.where(undefined, np.nan, r)
+
+
 def point_biserial(
     binary: Shaped[ArrayOrTensor, " batch"],
     continuous: Real[ArrayOrTensor, " batch"],
@@ -288,7 +323,8 @@ def point_biserial(
         p=float(res.pvalue),
         n=n,
         fisher_ci=fisher_ci(r, n, level),
-        bootstrap_ci=bootstrap_ci(point_biserial_r, y, x, n_resamples=n_resamples, seed=seed, level=level, groups=groups),
+        bootstrap_ci=_percentile_ci(weighted_point_biserial_r(
+            y, x, bootstrap_weights(n, n_resamples, seed=seed, groups=groups)), level, n)[0],
         level=level,
         clustered=groups is not None,
     )

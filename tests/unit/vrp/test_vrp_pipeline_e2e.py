@@ -17,6 +17,7 @@ CONFIG = vrp.VRPConfig(
     masking=vrp.MaskingConfig(fraction=0.3, sensitivity=(0.2, 0.3)),
     ablation=vrp.AblationConfig(k=2, ks=(1, 2), random_draws=1),
     destruction=vrp.DestructionConfig(n_dims=2, fractions=(0.5,)),
+    identify=vrp.IdentifyConfig(enabled=True, max_new_tokens=3),
     probe=vrp.ProbeConfig(test_size=0.5, cv_folds=2, cv_repeats=1, n_permutations=5),
     mlp_probe=vrp.ProbeConfig(kind="mlp", test_size=0.5, cv_folds=2, cv_repeats=1, n_permutations=5),
 )
@@ -67,6 +68,12 @@ def test_every_measurement_is_reported(result) -> None:
     for tests in r["multiplicity"].values():
         assert all(t["p"] <= t["p_bh"] <= t["p_holm"] <= 1 for t in tests)
     assert r["ablation"]["mlp_out"]["k"] == 2 and len(r["ablation"]["mlp_out"]["dims"]) == 2
+    ident = r["identification"]
+    assert ident["n"] == 6 * N_IMAGES and ident["layer"] == r["ablation"]["layer"]
+    assert [row["k"] for row in ident["mlp_out"]["by_k"]] == [2]  # the reported k only
+    assert ident["mlp_out"]["dims"] == r["ablation"]["mlp_out"]["dims"]  # the same neurons as the yes/no readout
+    assert any("object identification" in t["test"] for t in r["multiplicity"]["ablation"])
+    assert "object-identification accuracy drop" in res.summary()
     assert r["destruction"]["counts"] == [2, 32]  # 2 dims, then 50% of d_model 64
     assert len(r["examples"]) == CONFIG.n_examples
     json.dumps(r, allow_nan=False)  # every number is plain JSON
@@ -132,3 +139,45 @@ def test_planned_ablations_equal_a_hand_written_hook(result) -> None:
             handle.remove()
         torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
         assert (logits - clean).abs().max() > 1e-4  # the ablation did change the model
+
+
+@pytest.mark.slow
+def test_identification_answers_equal_hand_ablated_generation(result) -> None:
+    """The readout's answers are HF's greedy generate with the planned dims zeroed by a plain torch hook."""
+    from vlmlens.vrp.identify import (
+        IDENTIFY_QUESTION,
+        correct_column,
+        named,
+        text_column,
+    )
+
+    model, dataset, res = result
+    plan = json.loads((res.folder / "plan.json").read_text())
+    table = res.to_frame()
+    answers = __import__("pandas").read_csv(res.folder / "identify.csv", keep_default_na=False)
+    item = dataset.items[0]
+    batch = model.prepare([dataset.image(item)], [IDENTIFY_QUESTION])
+    mlp = model.hf_model.get_submodule(f"model.language_model.layers.{plan['ablation_layer']}.mlp")
+    prompt = batch.inputs["input_ids"].shape[1]
+    for name in ("clean", "ablate_mlp_out_top_k2", "ablate_mlp_out_random_k2_d0"):
+        dims = next((c["dims"] for c in plan["conditions"] if c["name"] == name), [])
+
+        def zero(module, args, out, dims=dims):
+            out = out.clone()
+            out[..., dims] = 0
+            return out
+
+        handle = mlp.register_forward_hook(zero)
+        try:
+            with torch.no_grad():
+                ids = model.hf_model.generate(**batch.inputs, max_new_tokens=CONFIG.identify.max_new_tokens,
+                                              do_sample=False, pad_token_id=model.tokenizer.pad_token_id)
+        finally:
+            handle.remove()
+        text = model.tokenizer.decode(ids[0, prompt:], skip_special_tokens=True).strip()
+        rows = answers[answers["question_id"].isin([i.question_id for i in dataset.items if i.image == item.image])]
+        assert (rows[text_column(name)] == text).all(), (name, text, rows[text_column(name)].tolist())
+        for _, row in rows.iterrows():
+            question = next(i for i in dataset.items if i.question_id == row["question_id"])
+            want = int(named(text, question.object_name) == (question.label == "yes"))
+            assert table.loc[table["question_id"] == question.question_id, correct_column(name)].item() == want

@@ -113,6 +113,34 @@ def test_point_biserial_matches_scipy() -> None:
     assert res == point_biserial(y, x, n_resamples=300)  # seeded
 
 
+@pytest.mark.parametrize("clustered", [False, True])
+def test_point_biserial_bootstrap_is_scipy_on_each_resample(clustered: bool) -> None:
+    """The vectorised bootstrap (row counts) gives scipy's r on every resample, undefined ones included."""
+    from vlmlens.vrp.stats import (
+        bootstrap_weights,
+        point_biserial_r,
+        weighted_point_biserial_r,
+    )
+
+    rng = np.random.default_rng(3)
+    n = 24
+    y = np.isin(np.arange(n), [0, 1, 9])  # three positives in two clusters: some resamples hold one class
+    x = np.round(rng.normal(size=n), 1)
+    x[:6] = 0.5  # a block of ties: some cluster resamples see a constant measurement
+    groups = np.repeat(np.arange(n // 3), 3) if clustered else None
+    weights = bootstrap_weights(n, 400, seed=1, groups=groups)
+    got = weighted_point_biserial_r(y, x, weights)
+    rows = [np.repeat(np.arange(n), w) for w in weights]
+    want = np.array([sps.pointbiserialr(y[i], x[i]).statistic if 0 < y[i].sum() < len(i) and np.ptp(x[i]) > 0
+                     else np.nan for i in rows])
+    assert np.isnan(got).sum() > 0 and np.array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got[~np.isnan(got)], want[~np.isnan(want)], atol=1e-12)
+    # The same resamples as the generic bootstrap: the CI equals it up to rounding.
+    res = point_biserial(y, x, n_resamples=400, seed=1, groups=groups)
+    slow = bootstrap_ci(point_biserial_r, y, x, n_resamples=400, seed=1, groups=groups)
+    np.testing.assert_allclose(res.bootstrap_ci, slow, atol=1e-12)
+
+
 def test_point_biserial_accepts_torch_and_01_ints() -> None:
     y = np.array([0, 1] * 10)
     x = np.arange(20.0)

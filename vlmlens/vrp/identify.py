@@ -1,0 +1,143 @@
+"""The object-identification readout of the neuron ablation (the paper's -8.3 pp).
+
+The paper scores its top-5 probe-neuron ablation on object-identification questions, not
+on POPE's yes/no. Here the model is asked once per image to name the objects in it
+(:data:`IDENTIFY_QUESTION`, the zoo's caption task, greedy), clean and under each
+ablation condition at the reported k; each POPE question of that image is then scored
+from the list: right when the queried object is named exactly when it is present
+(:func:`named`). The ablation drop on this readout goes through the same tests as the
+first-token one (:func:`vlmlens.vrp.ablation.ablation_result`).
+
+Examples:
+    >>> named("There is a dog and two dining tables.", "dining table"), named("a hotdog", "dog")
+    (True, False)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vlmlens.errors import DataError
+from vlmlens.progress import progress_bar
+from vlmlens.vrp.config import VRPConfig
+from vlmlens.vrp.store import SampleStore
+
+__all__ = [
+    "IDENTIFY_QUESTION",
+    "correct_column",
+    "identification_result",
+    "image_batches",
+    "named",
+    "run_identification",
+    "text_column",
+]
+
+IDENTIFY_QUESTION = "What objects are in the image?"
+"""The question asked once per image (the toy zoo was trained on it; real VLMs answer it in prose)."""
+
+def text_column(condition: str) -> str:
+    """Column of ``identify.csv`` with each image's answer under one condition (``"clean"`` or a plan name)."""
+    return f"identify_text_{condition}"
+
+
+def correct_column(condition: str) -> str:
+    """Column of ``identify.csv`` with each question's identification correctness under one condition."""
+    return f"identify_{condition}_correct"
+
+
+def named(text: str, object_name: str) -> bool:
+    """Whether ``text`` names the object: its words, case-insensitive, whole words, singular or plural."""
+    words = object_name.lower().split()
+    if not words:
+        raise DataError("an empty object name cannot be looked for in an answer.")
+    phrase = r"\s+".join(map(re.escape, words))
+    return re.search(rf"(?<![a-z]){phrase}(?:e?s)?(?![a-z])", text.lower()) is not None
+
+
+def image_batches(items: Sequence[Any], n_images: int) -> list[tuple[int, list[Any]]]:
+    """Fixed batches of the questions of ``n_images`` consecutive images, in dataset order."""
+    groups: list[list[Any]] = []
+    for item in items:
+        if not groups or groups[-1][0].image != item.image:
+            groups.append([])
+        groups[-1].append(item)
+    return [(i // n_images, [item for group in groups[i : i + n_images] for item in group])
+            for i in range(0, len(groups), n_images)]
+
+
+def _conditions(plan: Mapping[str, Any], k: int) -> list[dict[str, Any]]:
+    """The plan's ablation conditions at the reported k (top and its random draws, both sites)."""
+    return [c for c in plan["conditions"] if c["group"].startswith("ablate_") and c["size"] == k]
+
+
+def run_identification(model: Any, dataset: Any, config: VRPConfig, store: SampleStore, plan: Mapping[str, Any], *,
+                       name: str = "model", progress: bool | None = None) -> SampleStore:
+    """Ask each image for its objects, clean and under every reported-k ablation; rows to ``identify.csv``.
+
+    Batches hold the questions of ``batch_size`` images (one prompt per image); finished
+    batches are kept, so a killed run resumes.
+
+    Raises:
+        DataError: if a question has no parsed object name (not POPE's wording).
+    """
+    from vlmlens.ops import Ablate
+
+    missing = [item.question_id for item in dataset.items if not item.object_name]
+    if missing:
+        raise DataError(f"the identification readout needs each question's object (POPE's 'Is there a ... in the "
+                        f"image?'); questions {missing[:5]} have none. Turn VRPConfig.identify off for this data.")
+    batches = image_batches(dataset.items, config.batch_size)
+    done = store.done_batches("identify", {i: len(chunk) for i, chunk in batches})
+    todo = [(i, chunk) for i, chunk in batches if i not in done]
+    conditions = {c["name"]: [Ablate(site=c["site"], dims=tuple(c["dims"]), mode="zero")]
+                  for c in _conditions(plan, config.ablation.k)}
+    tokens = config.identify.max_new_tokens
+    for index, chunk in progress_bar(todo, desc=f"VRP {name}: identification", unit="batch", progress=progress):
+        images = list(dict.fromkeys(item.image for item in chunk))  # one prompt per image, in order
+        at = {image: i for i, image in enumerate(images)}
+        first = {item.image: item for item in reversed(chunk)}
+        batch = model.prepare([dataset.image(first[image]) for image in images], [IDENTIFY_QUESTION] * len(images))
+        texts = {"clean": model.generate(batch, tokens).texts}
+        for condition, edit in conditions.items():
+            texts[condition] = model.generate(batch, tokens, interventions=edit).texts
+        rows = []
+        for item in chunk:
+            row: dict[str, Any] = {"question_id": item.question_id, "batch": index}
+            for condition, answers in texts.items():
+                answer = answers[at[item.image]].strip()
+                row[text_column(condition)] = answer
+                row[correct_column(condition)] = int(named(answer, item.object_name) == (item.label == "yes"))
+            rows.append(row)
+        store.append("identify", index, rows)
+    return store
+
+
+def identification_result(table: pd.DataFrame, plan: Mapping[str, Any], config: VRPConfig, *,
+                          groups: np.ndarray | None) -> dict[str, Any]:
+    """The clean identification accuracy and the reported-k ablation drops on it (JSON-ready).
+
+    Args:
+        table: ``identify.csv`` in dataset order.
+        plan: The phase-2 plan (:func:`vlmlens.vrp.ablation.make_plan`).
+        config: The run's settings.
+        groups: Each question's image, for the image-level tests (``None``: none).
+    """
+    from dataclasses import replace
+
+    from vlmlens.vrp.ablation import ablation_result
+    from vlmlens.vrp.analysis import to_jsonable
+
+    k = config.ablation.k
+    renamed = table.rename(columns={correct_column(c["name"]): c["name"] for c in _conditions(plan, k)})
+    reported = {"conditions": _conditions(plan, k)}
+    single_k = replace(config.ablation, ks=(k,))
+    clean = table[correct_column("clean")].to_numpy()
+    kw = {"groups": groups, "n_resamples": config.n_resamples, "seed": config.seed}
+    return {"question": IDENTIFY_QUESTION, "clean_accuracy": float(clean.mean()), "n": len(clean),
+            **{point: to_jsonable(ablation_result(clean, renamed, reported, f"ablate_{point}", single_k, **kw))
+               for point in ("mlp_out", "mlp_post")}}
