@@ -479,10 +479,43 @@ class HookedVLM(TLSurface):
         raise InputError(f"expected a Batch from model.prepare() or a dict of processor tensors, got {type(batch).__name__}")
 
     @no_type_check
-    def forward(self, batch: Batch | dict[str, torch.Tensor]) -> torch.Tensor:
-        """Plain forward (no tracing): logits ``batch seq vocab``."""
+    def forward(self, batch: Batch | dict[str, torch.Tensor], *, last: bool = False) -> torch.Tensor:
+        """Plain forward (no tracing): logits ``batch seq vocab``.
+
+        With ``last``, only each sample's last prompt position (the answer's logits):
+        ``batch vocab``, computed by HF's ``logits_to_keep`` so the unembedding runs on
+        those positions only (a 7B model's full logits take gigabytes in a stacked sweep).
+        Equal to the full logits at those positions up to float rounding. A batch whose
+        inputs are ``copies`` stacked copies of its layout (:func:`vlmlens.ops.sweep`) is
+        read copy-major.
+        """
+        inputs = self._inputs(batch)
+        if not last:
+            with torch.no_grad():
+                return self.hf_model(**inputs).logits
+        keep, pick = self.last_logits(batch)
         with torch.no_grad():
-            return self.hf_model(**self._inputs(batch)).logits
+            return pick(self.hf_model(**inputs, logits_to_keep=keep).logits)
+
+    @no_type_check
+    def last_logits(self, batch: Batch) -> tuple[torch.Tensor, Any]:
+        """``(keep, pick)``: HF's ``logits_to_keep`` for each sample's last prompt position, and
+        ``pick(logits) -> batch vocab`` reading them from the kept columns.
+
+        One source of truth for "the answer's logits" wherever only those are computed.
+        """
+        if not isinstance(batch, Batch):
+            raise InputError("last-position logits need a Batch from model.prepare(): its layout names each "
+                             "sample's last prompt position")
+        rows, per_copy = batch.inputs["input_ids"].shape[0], len(batch.layout.last_prompt)
+        positions = torch.as_tensor(batch.layout.last_prompt).repeat(rows // per_copy)
+        keep = torch.unique(positions)  # sorted; one column for left padding
+        columns = torch.searchsorted(keep, positions)
+
+        def pick(logits: torch.Tensor) -> torch.Tensor:
+            return logits[torch.arange(rows, device=logits.device), columns.to(logits.device)]
+
+        return keep, pick
 
     __call__ = forward
 

@@ -183,6 +183,7 @@ def run_with_cache(
     device: torch.device | str | None = "cpu",
     interventions: Iterable[Any] = (),
     grad: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
+    last: bool = False,
 ) -> tuple[torch.Tensor, ActivationCache]:
     """One forward that returns logits and the chosen activations.
 
@@ -200,6 +201,8 @@ def run_with_cache(
             autograd graph and ``cache.grads`` holds d metric / d activation at every cached
             site (same shapes and positions as the activations), with interventions active.
             Only the requested sites' tensors are kept.
+        last: Unembed only each sample's last prompt position (``HookedVLM.forward(last=True)``);
+            the logits are then ``batch vocab`` (the ``grad`` metric sees those).
 
     Returns:
         Logits ``batch seq vocab`` (on ``device``) and the cache. With interventions, each
@@ -235,7 +238,11 @@ def run_with_cache(
                    for s in chosen]
         try:
             with torch.set_grad_enabled(grad is not None):
-                logits = model.hf_model(**model._inputs(batch)).logits
+                if last:
+                    columns, pick = model.last_logits(batch)
+                    logits = pick(model.hf_model(**model._inputs(batch), logits_to_keep=columns).logits)
+                else:
+                    logits = model.hf_model(**model._inputs(batch)).logits
                 grads = _gradients(grad, logits, batch, calls) if grad is not None else None
         finally:
             for handle in handles:

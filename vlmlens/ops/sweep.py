@@ -33,6 +33,7 @@ def sweep(
     *,
     chunk_size: int = 8,
     reduce: Callable[[torch.Tensor, Batch], torch.Tensor] | None = None,
+    last: bool = False,
     progress: bool | None = None,
 ) -> torch.Tensor:
     """Run each condition (a list of interventions) on the same inputs.
@@ -48,12 +49,14 @@ def sweep(
         chunk_size: conditions per forward.
         reduce: ``reduce(logits, batch) -> tensor`` applied to each condition's logits on the
             model's device (e.g. a patching metric), so only its result is copied to the CPU.
+        last: Compute and return only each sample's last-prompt-position logits
+            (``HookedVLM.forward(last=True)``): ``condition batch vocab``.
         progress: a progress bar over the stacked forwards (``None``: when there are at least
             8 of them, e.g. a patching sweep; see :mod:`vlmlens.progress`).
 
     Returns:
-        Logits ``condition batch seq vocab`` on the CPU, or with ``reduce`` the stacked
-        reductions ``condition ...``.
+        Logits ``condition batch seq vocab`` (with ``last``: ``condition batch vocab``) on
+        the CPU, or with ``reduce`` the stacked reductions ``condition ...``.
     """
     if not isinstance(batch, Batch):
         raise InputError("sweep needs a Batch from model.prepare() (its layout names positions and patches)")
@@ -73,7 +76,7 @@ def sweep(
             stack.enter_context(model._hooks.stack.entered(Call(copies=len(chunk), order="copy")))
             for i, condition in enumerate(chunk):
                 stack.enter_context(applied(model, condition, batch.layout, copy=i))
-            logits = model.forward(stacked)
+            logits = model.forward(stacked, last=last)
         per_condition = logits.view(len(chunk), size, *logits.shape[1:])
         if reduce is not None:
             per_condition = torch.stack([torch.as_tensor(reduce(one, batch)) for one in per_condition])

@@ -262,10 +262,10 @@ def run_interventions(model: Any, dataset: Any, config: VRPConfig, store: Sample
     names, conditions = _interventions(plan, config)
     for index, chunk in progress_bar(todo, desc=f"VRP {name}: ablations", unit="batch", progress=progress):
         batch = model.prepare([dataset.image(item) for item in chunk], [item.text for item in chunk], suffix=config.suffix)
-        logits = sweep(model, batch, conditions, chunk_size=max(1, 128 // len(chunk)))  # 16 x 8: fastest measured
+        logits = sweep(model, batch, conditions, chunk_size=max(1, 128 // len(chunk)), last=True)  # 16 x 8: fastest
         rows = [{"question_id": item.question_id, "batch": index} for item in chunk]
         for column, condition_logits in zip(names, logits):
-            for row, item, answer in zip(rows, chunk, tokens.first_answers(condition_logits, batch.layout.last_prompt)):
+            for row, item, answer in zip(rows, chunk, tokens.first_answers(condition_logits)):
                 row[column] = int(answer == item.label)
         store.append("interventions", index, rows)
     return store

@@ -70,7 +70,8 @@ def _dataset(args: argparse.Namespace, n_images: int, seed: int) -> Any:
         if args.images is None:
             raise SystemExit("--pope needs --images DIR (the folder holding the question file's images)")
         dataset = load_pope(args.pope, args.images)
-        return dataset.subset(min(len(dataset), n_images * 6))
+        kept = set(dataset.image_names[:n_images])  # every question of the first n images (POPE asks 6 each)
+        return dataset.select([i for i, item in enumerate(dataset.items) if item.image in kept])
     return synth_pope(args.split, n_images, seed=seed)
 
 

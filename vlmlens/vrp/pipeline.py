@@ -114,10 +114,9 @@ class AnswerTokens:
             return cls(yes=(), no=(), by_token=by_token)
         return cls(yes=answers.yes, no=answers.no, by_token=by_token)
 
-    def first_answers(self, logits: torch.Tensor, last: Sequence[int]) -> list[str]:
-        """POPE answer of the argmax token at each sample's last prompt position."""
-        rows = torch.arange(logits.shape[-3])
-        tokens = logits[..., rows, torch.as_tensor(last), :].argmax(-1).numpy()
+    def first_answers(self, logits: torch.Tensor) -> list[str]:
+        """POPE answer of the argmax token of each sample's answer logits (``batch vocab``)."""
+        tokens = logits.argmax(-1).numpy()
         return np.where(self.by_token[tokens] == 1, "yes", "no").tolist()
 
 
@@ -187,12 +186,12 @@ def measure_batch(model: Any, dataset: Any, chunk: Sequence[Any], config: VRPCon
     feature_sites = {name: [Site(Tower.TEXT, point, layer) for layer in range(n_layers)]
                      for name, point in FEATURES.items()}
     sites = patterns + [s for group in feature_sites.values() for s in group]
-    logits, cache = run_with_cache(model, batch, sites=sites, positions="last")
+    logits, cache = run_with_cache(model, batch, sites=sites, positions="last", last=True)
     blank = model.prepare([Image.new("RGB", im.size, (128, 128, 128)) for im in images], questions, suffix=config.suffix)
-    _, blank_cache = run_with_cache(model, blank, sites=feature_sites["resid"], positions="last")
+    _, blank_cache = run_with_cache(model, blank, sites=feature_sites["resid"], positions="last", last=True)
     yes_no, truth = _margins(_per_layer_logits(model, cache), tokens, labels)
     yes_no_blank, truth_blank = _margins(_per_layer_logits(model, blank_cache), tokens, labels)
-    first = tokens.first_answers(logits, batch.layout.last_prompt)
+    first = tokens.first_answers(logits)
     layers = list(attention_layers(config.attention_layers, n_layers, model.family))
     sweep_layers = {column: list(attention_layers(choice, n_layers, model.family))
                     for column, choice in config.attention_sweep.layer_columns().items()}
@@ -229,9 +228,9 @@ def measure_batch(model: Any, dataset: Any, chunk: Sequence[Any], config: VRPCon
         for column, (pct, eps) in config.attention_sweep.dbscan_columns().items():
             rows[-1][f"C_k{column}"] = cluster_count(m, percentile=pct, eps=eps)
     names, conditions = _mask_conditions(maps_last, qids, config)
-    masked = sweep(model, batch, conditions)
+    masked = sweep(model, batch, conditions, last=True)
     for name, condition_logits in zip(names, masked):
-        for row, after in zip(rows, tokens.first_answers(condition_logits, batch.layout.last_prompt)):
+        for row, after in zip(rows, tokens.first_answers(condition_logits)):
             row[name] = int(after == row["label"])
     arrays = {"question_id": np.array(qids)}
     for name, group in feature_sites.items():

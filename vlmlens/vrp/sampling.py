@@ -171,7 +171,7 @@ def decode_shared(
     if model.family not in ROPE_OFFSETS:
         prefill["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
-        out = hf(**inputs, **prefill, use_cache=True)
+        out = hf(**inputs, **prefill, use_cache=True, logits_to_keep=1)  # left padding: the last prompt position
         cache_arg = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
         cache = out[cache_arg]  # transformers renamed past_key_values to cache (5.2x); both run
         cache.batch_repeat_interleave(copies)

@@ -260,3 +260,26 @@ def test_sweep_reduces_each_condition_on_the_device(model, batch):
     reduced = sweep(model, batch, conditions, chunk_size=2, reduce=last_logit_sum)
     assert reduced.shape == (3, len(batch))
     assert torch.allclose(reduced, torch.stack([last_logit_sum(one, batch) for one in full]), atol=1e-5)
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_last_position_logits_equal_the_full_logits_there(model, padding_side):
+    """forward/sweep(last=True) unembed only each sample's last prompt position (HF's logits_to_keep)."""
+    batch = model.prepare(tiny_images(2, seed=1), ["Is there a cat in the image?", "Is there a dog?"],
+                          padding_side=padding_side)
+    last = torch.as_tensor(batch.layout.last_prompt)
+    rows = torch.arange(len(batch))
+    full = model.forward(batch)
+    if padding_side == "right":
+        assert last[0] != last[1]  # two different positions to keep
+    assert torch.allclose(model.forward(batch, last=True), full[rows, last], atol=1e-5)
+    conditions = [[], [Ablate(site="text.blocks.1.hook_mlp_out")], [Ablate(site="text.blocks.0.attn.hook_z", heads=(0,))]]
+    stacked = sweep(model, batch, conditions, chunk_size=2, last=True)
+    assert stacked.shape == (3, 2, full.shape[-1])
+    for got, want in zip(stacked, sweep(model, batch, conditions, chunk_size=3)):
+        assert torch.allclose(got, want[rows, last], atol=1e-5)
+    assert not torch.allclose(stacked[1], stacked[0], atol=1e-4)  # the ablation is applied in the stacked copies
+    cached, _ = run_with_cache(model, batch, sites=["text.blocks.0.hook_resid_post"], last=True)
+    assert torch.allclose(cached, full[rows, last], atol=1e-5)
+    with pytest.raises(InputError, match="need a Batch"):
+        model.forward(dict(batch.inputs), last=True)
