@@ -45,7 +45,8 @@ class Stage:
     Attributes:
         name: Short name, e.g. ``"lm-text"``, ``"align"``, ``"instruct"``.
         steps: Optimiser steps.
-        lr: Peak AdamW learning rate (linear warm-up over 5% of the steps, cosine decay).
+        lr: Peak AdamW learning rate (linear warm-up over ``warmup`` of the steps, then
+            cosine decay to 0).
         train: The parts that learn: ``"tower"`` (the vision encoder; for Qwen2-VL without
             its merger), ``"projector"`` (LLaVA/PaliGemma ``multi_modal_projector``,
             Qwen2-VL's 2x2 patch merger) and ``"lm"`` (the language model and its head).
@@ -55,6 +56,8 @@ class Stage:
             questions).
         text_only: Withhold the images (the language model learns the questions' and
             answers' text alone, hence their priors); only ``"lm"`` may learn.
+        warmup: Share of the steps spent on the linear warm-up (``int(steps * warmup)``
+            steps, at least one; :func:`~vlmlens.zoo.pretrain.warmup_cosine`).
     """
 
     name: str
@@ -64,6 +67,7 @@ class Stage:
     caption_rate: float = 0.25
     grounding_rate: float = 0.2
     text_only: bool = False
+    warmup: float = 0.05
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -77,6 +81,8 @@ class Stage:
         for name in ("caption_rate", "grounding_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ZooError(f"Stage {self.name!r}: {name} must be in [0, 1]; got {getattr(self, name)}.")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ZooError(f"Stage {self.name!r}: warmup must be in [0, 1); got {self.warmup}.")
         if self.caption_rate + self.grounding_rate > 1.0:
             raise ZooError(
                 f"Stage {self.name!r}: caption_rate + grounding_rate must be <= 1; "
@@ -213,7 +219,7 @@ def run_stage(
     start = time.perf_counter()
     params = set_trainable(family, model, stage.train)
     opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=weight_decay, betas=(0.9, 0.98))
-    sched = warmup_cosine(opt, stage.steps)
+    sched = warmup_cosine(opt, stage.steps, stage.warmup)
     rates = {"caption": stage.caption_rate, "grounding": stage.grounding_rate}
     sampler = Sampler(ts, batch_size, rates, [seed, 17, index])
     _train_mode(family, model, stage.train)

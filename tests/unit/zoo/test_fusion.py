@@ -10,11 +10,13 @@ import torch
 
 from vlmlens.data import SynthConfig
 from vlmlens.testing import tiny_hf
+from vlmlens.zoo import stages
 from vlmlens.zoo.cli import add_parser
 from vlmlens.zoo.configs import build_config
 from vlmlens.zoo.data import DataConfig, build_train_set, collate
 from vlmlens.zoo.errors import ZooError
 from vlmlens.zoo.fusion import FUSION_OF, FUSION_RECIPES, FusionRecipe
+from vlmlens.zoo.pretrain import warmup_cosine
 from vlmlens.zoo.stages import PARTS, Sampler, Stage, part_modules, report, set_trainable
 
 FAMILIES = ["llava", "paligemma", "qwen2_vl"]
@@ -77,6 +79,33 @@ def test_stage_validation():
         Stage(name="x", steps=0, lr=1e-3, train=("lm",))
     with pytest.raises(ZooError, match=r"caption_rate \+ grounding_rate must be <= 1"):
         Stage(name="x", steps=1, lr=1e-3, train=("lm",), caption_rate=0.9, grounding_rate=0.2)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ZooError, match=rf"'x': warmup must be in \[0, 1\); got {bad}"):
+            Stage(name="x", steps=1, lr=1e-3, train=("lm",), warmup=bad)
+
+
+def test_stage_warmup_reaches_the_schedule(monkeypatch):
+    # run_stage passes Stage.warmup on to warmup_cosine: the lr rises linearly over the first
+    # int(steps * warmup) steps, reaching the peak on the last of them, then decays (cosine);
+    # the default 0.05 of 20 steps is a single warm-up step.
+    model, processor = tiny_hf("llava")
+    ts = build_train_set("llava", processor, SMALL)
+    lrs: list[float] = []
+
+    def spy(opt, steps, *args):
+        opt.register_step_pre_hook(lambda o, _a, _k: lrs.append(o.param_groups[0]["lr"]))
+        return warmup_cosine(opt, steps, *args)
+
+    monkeypatch.setattr(stages, "warmup_cosine", spy)
+    peak = 1e-3
+    for warmup, n_warm in ((0.15, 3), (0.05, 1)):
+        lrs.clear()
+        stage = Stage(name="x", steps=20, lr=peak, train=("projector",), warmup=warmup)
+        stages.run_stage("llava", model, ts, stage, seed=0, index=0, batch_size=2, weight_decay=0.0, progress=False)
+        assert len(lrs) == 20
+        assert lrs[:n_warm] == pytest.approx([peak * (i + 1) / n_warm for i in range(n_warm)])
+        assert lrs.index(max(lrs)) == n_warm - 1 and lrs[n_warm] == pytest.approx(peak)
+        assert all(x > y for x, y in zip(lrs[n_warm:], lrs[n_warm + 1 :]))
 
 
 def test_recipe_validation():
