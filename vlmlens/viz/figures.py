@@ -31,6 +31,7 @@ __all__ = [
     "entropy_figure",
     "margin_figure",
     "masking_figure",
+    "pooled_figure",
     "rpb_figure",
     "vrp_figures",
 ]
@@ -79,6 +80,41 @@ def rpb_figure(results: Mapping[str, Any]) -> go.Figure:
                              error_y={"type": "data", "array": hi, "arrayminus": lo}))
     fig.update_layout(title="Point-biserial correlation with answer correctness (95% Fisher CI)",
                       yaxis_title="R_pb", barmode="group")
+    return fig
+
+
+def pooled_figure(results: Mapping[str, Any]) -> go.Figure:
+    """Forest plot of the pooled R_pb (``results["pooled"]``): each model's R_pb with its image
+    bootstrap CI, then the fixed-effect estimate (joint image bootstrap CI) and the random-effects
+    one (its DerSimonian-Laird CI), one panel per pooled measurement."""
+    pooled = {k: v for k, v in results.get("pooled", {}).items() if isinstance(v, dict)}
+    if not pooled:
+        return _empty(go.Figure(), "no pooled rows (fewer than two models, or R_pb undefined)")
+    fig = make_subplots(rows=1, cols=len(pooled), subplot_titles=[f"R_pb({k}, correct)" for k in pooled],
+                        shared_yaxes=True)
+    for col, (measure, pool) in enumerate(pooled.items(), start=1):
+        labels, r, lo, hi, colours = [], [], [], [], []
+        for i, name, res in _models(results):
+            c = res["attention"]["rpb"].get(measure)
+            if isinstance(c, dict) and name in pool["by_family"]:
+                labels.append(name)
+                r.append(c["r"])
+                lo.append(c["bootstrap_ci"][0])
+                hi.append(c["bootstrap_ci"][1])
+                colours.append(_colour(i))
+        labels += ["pooled, fixed effect", "pooled, random effects"]
+        r += [pool["r"], pool["random_r"]]
+        lo += [pool["bootstrap_ci"][0], pool["random_ci"][0]]
+        hi += [pool["bootstrap_ci"][1], pool["random_ci"][1]]
+        colours += ["black", "grey"]
+        fig.add_trace(go.Scatter(
+            x=r, y=labels, mode="markers", marker={"color": colours, "size": 9, "symbol": "diamond"},
+            error_x={"type": "data", "array": np.subtract(hi, r), "arrayminus": np.subtract(r, lo)},
+            showlegend=False, hovertext=[f"I² {pool['i2']:.2f}, Q p {pool['q_p']:.3f}"] * len(r)), row=1, col=col)
+        fig.add_vline(x=0, line={"color": "grey", "width": 1}, row=1, col=col)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title="Pooled R_pb over models (95% CIs: models' image bootstrap; pooled fixed effect: joint "
+                            "image bootstrap; random effects: DerSimonian-Laird)")
     return fig
 
 
@@ -272,6 +308,7 @@ def vrp_figures(results: Mapping[str, Any], datasets: Mapping[str, Any] | None =
     """Every VRP figure, by name (the report's order)."""
     return {
         "rpb": rpb_figure(results),
+        "pooled": pooled_figure(results),
         "probe_auroc": auroc_by_layer_figure(results),
         "calibration": calibration_figure(results),
         "margins": margin_figure(results),

@@ -56,3 +56,22 @@ def test_pooling_says_what_is_missing() -> None:
     flat = _family(rng, 0.1, 0.0).assign(x=1.0)
     with pytest.raises(DataError, match=r"R_pb\(x\) is undefined for 'b'"):
         pool_correlations({"a": _family(rng, 0.1, 0.0), "b": flat}, "x")
+
+
+def test_forest_figure_draws_each_model_and_both_pooled_estimates() -> None:
+    from vlmlens.viz.figures import pooled_figure
+    from vlmlens.vrp.analysis import to_jsonable
+    from vlmlens.vrp.stats import point_biserial
+
+    rng = np.random.default_rng(2)
+    frames = {"a": _family(rng, 0.5, 0.0, 20), "b": _family(rng, 0.1, 2.0, 20)}
+    pooled = to_jsonable(pool_correlations(frames, "x", n_resamples=100))
+    models = {name: {"attention": {"rpb": {"x": to_jsonable(point_biserial(
+        f["correct"].to_numpy(), f["x"].to_numpy(), groups=f["image"].to_numpy(), n_resamples=100))}}}
+        for name, f in frames.items()}
+    trace = pooled_figure({"models": models, "pooled": {"x": pooled, "y": "undefined: one family"}}).data[0]
+    assert list(trace.y) == ["a", "b", "pooled, fixed effect", "pooled, random effects"]
+    want = [models["a"]["attention"]["rpb"]["x"], models["b"]["attention"]["rpb"]["x"]]
+    assert list(trace.x) == pytest.approx([w["r"] for w in want] + [pooled["r"], pooled["random_r"]])
+    upper = np.add(trace.x, trace.error_x.array)
+    assert upper == pytest.approx([w["bootstrap_ci"][1] for w in want] + [pooled["bootstrap_ci"][1], pooled["random_ci"][1]])
