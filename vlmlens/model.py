@@ -508,11 +508,17 @@ class HookedVLM(TLSurface):
             raise InputError("last-position logits need a Batch from model.prepare(): its layout names each "
                              "sample's last prompt position")
         rows, per_copy = batch.inputs["input_ids"].shape[0], len(batch.layout.last_prompt)
+        if rows % per_copy:
+            raise InputError(f"the batch has {rows} rows, not a whole number of copies of its {per_copy} samples")
         positions = torch.as_tensor(batch.layout.last_prompt).repeat(rows // per_copy)
         keep = torch.unique(positions)  # sorted; one column for left padding
         columns = torch.searchsorted(keep, positions)
 
         def pick(logits: torch.Tensor) -> torch.Tensor:
+            if logits.shape[1] != len(keep):  # a model class that ignores logits_to_keep
+                raise InputError(f"{type(self.hf_model).__name__} returned logits for {logits.shape[1]} positions "
+                                 f"where logits_to_keep asked for {len(keep)}; it does not support last-position "
+                                 "logits, use last=False")
             return logits[torch.arange(rows, device=logits.device), columns.to(logits.device)]
 
         return keep, pick

@@ -212,6 +212,8 @@ def run_with_cache(
     from vlmlens.ops.interventions import applied
 
     chosen = select_sites(model, sites)
+    if grad is not None and last:
+        raise InputError("give grad= or last=True, not both: a grad metric reads batch seq vocab logits")
     if grad is not None and not callable(grad):
         raise InputError(f"grad must be a metric(logits, batch) -> scalar tensor, got {type(grad).__name__}")
     layout = batch.layout if isinstance(batch, Batch) else None

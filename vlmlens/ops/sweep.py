@@ -65,6 +65,9 @@ def sweep(
     if isinstance(conditions, Intervention) or not isinstance(conditions, Sequence) or not conditions:
         raise InputError("sweep needs a non-empty list of conditions, each a list of interventions "
                          "(e.g. [[], [Ablate(...)]]; [] is the clean run)")
+    if last and reduce is not None:
+        raise InputError("give reduce= or last=True, not both: a reduce metric reads batch seq vocab logits, "
+                         "last=True gives batch vocab")
     size = len(batch)
     out = []
     starts = range(0, len(conditions), chunk_size)

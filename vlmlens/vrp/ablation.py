@@ -39,12 +39,12 @@ from vlmlens.sites import Point, Site, Tower
 from vlmlens.vrp.config import AblationConfig, DestructionConfig, LayerChoice, VRPConfig
 from vlmlens.vrp.pipeline import AnswerTokens, batches_of
 from vlmlens.vrp.stats import (
-    ALPHA,
     McNemar,
     PairedDifference,
     as_binary,
     as_finite,
     cluster_bootstrap_ci,
+    hurts_more_than_random,
     mcnemar_exact,
     paired_difference,
     sweep_verdict,
@@ -335,7 +335,7 @@ def ablation_result(first_correct: np.ndarray, table: pd.DataFrame, plan: Mappin
         excess = top_test.drop_pp - random_drop
         by_k.append({"k": k, "top_drop_pp": top_test.drop_pp, "top_p": top_test.p_value,
                      "random_drop_pp": random_drop, "excess_drop_pp": excess,
-                     "claim": bool(top_test.p_value < ALPHA and excess > 0),
+                     "claim": hurts_more_than_random(top_test, random_drop),
                      "_top": top_test, "_random": randoms, "_dims": tuple(top["dims"])})
     main = next(row for row in by_k if row["k"] == config.k)
 

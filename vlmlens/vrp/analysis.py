@@ -28,7 +28,7 @@ from vlmlens.vrp.calibration import Calibration, calibration
 from vlmlens.vrp.config import VRPConfig
 from vlmlens.vrp.consistency import consistency_score, normalize_answer
 from vlmlens.vrp.margins import margin_gain, peak_visual_layer
-from vlmlens.vrp.pipeline import MASKS, mask_column
+from vlmlens.vrp.pipeline import MASKS, mask_column, mask_columns
 from vlmlens.vrp.probes import (
     LayerProbeResults,
     ProbeResult,
@@ -36,13 +36,13 @@ from vlmlens.vrp.probes import (
     probe_layers,
 )
 from vlmlens.vrp.stats import (
-    ALPHA,
     AUROC,
     Correlation,
     McNemar,
     PairedDifference,
     adjust_p_values,
     auroc_ci,
+    hurts_more_than_random,
     mcnemar_exact,
     paired_difference,
     point_biserial,
@@ -402,9 +402,7 @@ class MaskingSummary:
 
 def masked_correct(frame: pd.DataFrame, kind: str, fraction: float, config: VRPConfig) -> np.ndarray:
     """Per question, first-token correctness under one mask; for random masks, the mean over draws."""
-    draws = config.masking.draws(fraction) if kind == "random" else 1
-    columns = [mask_column(kind, fraction, draw) for draw in range(draws)]
-    return frame[columns].to_numpy(dtype=float).mean(axis=1)
+    return frame[mask_columns(kind, fraction, config.masking)].to_numpy(dtype=float).mean(axis=1)
 
 
 def masking_summary(frame: pd.DataFrame, config: VRPConfig) -> MaskingSummary:
@@ -416,7 +414,7 @@ def masking_summary(frame: pd.DataFrame, config: VRPConfig) -> MaskingSummary:
         for kind in MASKS:
             row[kind] = mcnemar_exact(first, frame[mask_column(kind, fraction)].to_numpy())
         row["random_drop_pp"] = 100 * float(first.mean() - masked_correct(frame, "random", fraction, config).mean())
-        row["claim"] = bool(row["top"].p_value < ALPHA and row["top"].drop_pp > row["random_drop_pp"])
+        row["claim"] = hurts_more_than_random(row["top"], row["random_drop_pp"])
         by_fraction.append(row)
     main = next(r for r in by_fraction if r["fraction"] == config.masking.fraction)
     groups = images(frame)
@@ -472,8 +470,8 @@ def _p_values(results: dict[str, Any]) -> dict[str, list[tuple[str, float]]]:
         fam["probes"] += [(f"baseline {name}", row["p_value"]) for name, row in results["probes"]["baselines"].items()]
     m = results["masking"]
     for row in m["by_fraction"]:
-        fam["masking"] += [(f"{kind} {round(100 * row['fraction'])}% vs clean", row[kind]["p_value"])
-                           for kind in ("top", "bottom", "random")]
+        fam["masking"] += [(f"{kind} {round(100 * row['fraction'])}% vs clean" + (" (draw 0)" if kind == "random" else ""),
+                            row[kind]["p_value"]) for kind in ("top", "bottom", "random")]
     fam["masking"] += [(f"top vs {other} {round(100 * m['fraction'])}%", p_of(m.get(f"top_vs_{other}")))
                        for other in ("random", "bottom")]
     if isinstance(results.get("ablation"), dict):
@@ -481,11 +479,12 @@ def _p_values(results: dict[str, Any]) -> dict[str, list[tuple[str, float]]]:
             a = results["ablation"][point]
             fam["ablation"] += [(f"{point} top-{row['k']} vs clean", row["top_p"]) for row in a["by_k"]]
             fam["ablation"].append((f"{point} top-{a['k']} vs random", p_of(a.get("top_vs_random"))))
-    if isinstance(results.get("identification"), dict):
-        for point in ("mlp_out", "mlp_post"):
+    if isinstance(results.get("identification"), dict):  # its own family: an option must not move the others
+        fam["identification"] = []
+        for point in ("mlp_out", "mlp_post"):  # image-level tests: one answer per image scores its questions
             a = results["identification"][point]
-            fam["ablation"] += [(f"{point} top-{a['k']} vs clean, object identification", a["by_k"][0]["top_p"]),
-                                (f"{point} top-{a['k']} vs random, object identification", p_of(a.get("top_vs_random")))]
+            fam["identification"] += [(f"{point} top-{a['k']} vs clean", p_of(a.get("top_drop"))),
+                                      (f"{point} top-{a['k']} vs random", p_of(a.get("top_vs_random")))]
     if isinstance(results.get("destruction"), dict):
         d = results["destruction"]
         fam["destruction"] += [(f"ranked {n} dims vs clean", p) for n, p in zip(d["counts"], d["ranked_p"])]
@@ -496,7 +495,8 @@ def multiplicity(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """Holm and Benjamini-Hochberg adjusted p-values within each family of a model's tests.
 
     Families: correlations (every R_pb), probes (permutation nulls of probes and baselines),
-    masking, ablation, destruction. Each test is listed with its raw p, ``p_holm`` (family-
+    masking, ablation, destruction, and identification when that readout ran (its image-level
+    tests; a family of its own so that turning it on leaves the others' adjustments as they were). Each test is listed with its raw p, ``p_holm`` (family-
     wise error) and ``p_bh`` (false discovery rate).
     """
     out = {}

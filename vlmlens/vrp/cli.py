@@ -40,7 +40,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--config", type=Path, default=None,
                    help="a JSON object of VRPConfig settings (nested objects change only the keys they name), or "
-                        "a results.json whose config to reuse; the flags below override it where given")
+                        "a results.json whose VRPConfig settings to reuse (not its models, images or split); "
+                        "the flags below override it where given")
     p.add_argument("--batch-size", type=int, default=None, help="questions per forward (default 8)")
     p.add_argument("--seed", type=int, default=None, help="seeds the data, masks, sampling, probes (default 0)")
     p.add_argument("--suffix", action=argparse.BooleanOptionalAction, default=None,
@@ -104,20 +105,21 @@ def _config(args: argparse.Namespace) -> Any:
     values = _config_file(getattr(args, "config", None))
     real = not all(is_toy(name) for name in getattr(args, "models", ()))  # a real checkpoint among the models
     values.setdefault("suffix", real)
-    consistency = dict(values.get("consistency", {}))
-    consistency.setdefault("max_new_tokens", 10 if real else 3)
-    values["consistency"] = consistency
-    if args.quick:
-        values.setdefault("n_resamples", 200)
+    for section in ("consistency", "identify"):  # a non-object is left for from_dict to refuse in its words
+        values[section] = dict(values.get(section, {})) if isinstance(values.get(section, {}), dict) else values[section]
+    if isinstance(values["consistency"], dict):
+        values["consistency"].setdefault("max_new_tokens", 10 if real else 3)
     flags = {"batch_size": getattr(args, "batch_size", None), "seed": getattr(args, "seed", None),
              "n_resamples": getattr(args, "resamples", None), "suffix": getattr(args, "suffix", None)}
+    if args.quick and flags["n_resamples"] is None:
+        flags["n_resamples"] = 200
     values.update({key: value for key, value in flags.items() if value is not None})
     if getattr(args, "max_new_tokens", None) is not None:
-        consistency["max_new_tokens"] = args.max_new_tokens
+        values["consistency"]["max_new_tokens"] = args.max_new_tokens
     if getattr(args, "no_interventions", False):
         values["interventions"] = False
     if getattr(args, "identify", False):
-        values["identify"] = {**values.get("identify", {}), "enabled": True}
+        values["identify"]["enabled"] = True
     return VRPConfig.from_dict(values)
 
 
@@ -180,7 +182,7 @@ def reproduce(args: argparse.Namespace) -> dict[str, Any]:
         resume = args.resume or not (folder / "samples.csv").exists()
         result = run_vrp(model, dataset, config, out=folder, name=name, resume=resume)
         results["models"][name] = result.results
-        frames[name] = result.samples.drop(columns=["attention_map"]).assign(model=name)
+        frames[name] = result.samples.drop(columns=["attention_map"]).copy().assign(model=name)  # copy: one block per dtype
         datasets[name] = dataset
         timings[name] = round(time.perf_counter() - start, 1)
         logger.info("VRP %s done in %.1f s", name, timings[name])

@@ -336,10 +336,27 @@ class VRPConfig:
         return _override(cls(), values, "VRPConfig")
 
 
+def _check_kind(where: str, current: Any, value: Any) -> None:
+    """A JSON value of the default's kind: true/false for flags, whole numbers for counts, lists for lists."""
+    if current is None or isinstance(current, str):  # optional settings and named choices: validated on construction
+        return
+    if isinstance(current, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(current, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(current, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, (list, tuple))
+    if not ok:
+        kind = {bool: "true or false", int: "a whole number", float: "a number"}.get(type(current), "a list")
+        raise DataError(f"{where} must be {kind} (default {current!r}), got {value!r}.")
+
+
 def _override(base: Any, values: Any, where: str) -> Any:
     """``base`` (a frozen dataclass) with the settings in ``values`` replaced, recursively."""
     if not isinstance(values, Mapping):
-        raise DataError(f"{where} must be an object of settings (e.g. {{\"seed\": 1}}), got {values!r}.")
+        raise DataError(f"{where} must be a JSON object of its settings, got {values!r}.")
     names = [f.name for f in fields(base)]
     unknown = sorted(set(values) - set(names))
     if unknown:
@@ -349,8 +366,9 @@ def _override(base: Any, values: Any, where: str) -> Any:
         current = getattr(base, key)
         if is_dataclass(current):
             changes[key] = _override(current, value, f"{where}.{key}")
-        else:
-            changes[key] = tuple(value) if isinstance(current, tuple) and isinstance(value, list) else value
+            continue
+        _check_kind(f"{where}.{key}", current, value)
+        changes[key] = tuple(value) if isinstance(current, tuple) and isinstance(value, list) else value
     try:
         return replace(base, **changes)
     except DataError:

@@ -168,13 +168,19 @@ def _intervention_rows(name: str, r: dict[str, Any]) -> list[tuple[str, ...]]:
                  + (_vs(a.get("top_vs_random"), "excess") or f"; excess {a['excess_drop_pp']:.1f}"))
         rows.append((f"top-{a['k']} probe-ranked {label} ablation (L{ab['layer']}), accuracy drop", name,
                      *_drop(a["top"], extra, a.get("top_drop")), _paper("neuron", fam) if point == paper_row else "-"))
-    if isinstance(ident, dict):
+    if isinstance(ident, dict):  # one answer per image scores its questions: image-level tests only
         a = ident["mlp_out"]
-        extra = (f" vs random {a['random_drop_pp']:.1f} ({len(a['random'])} draws); clean identification "
-                 f"accuracy {ident['clean_accuracy']:.3f}" + _vs(a.get("top_vs_random"), "excess"))
+        drop = a.get("top_drop")
         title = (f"top-{a['k']} probe-ranked MLP-output dims ablation (L{ident['layer']}), object-identification "
                  "accuracy drop")
-        rows.append((title, name, *_drop(a["top"], extra, a.get("top_drop")), _paper("neuron", fam)))
+        if isinstance(drop, dict):
+            ours = (f"{100 * drop['mean']:.1f} pp (image sign-flip p={drop['p_value']:.3g}) vs random "
+                    f"{a['random_drop_pp']:.1f} ({len(a['random'])} draws){_vs(a.get('top_vs_random'), 'excess')}; "
+                    f"clean identification accuracy {ident['clean_accuracy']:.3f}")
+            rows.append((title, name, ours, _pp_ci(drop), f"{drop['n']} ({drop['n_clusters']} images)",
+                         _paper("neuron", fam)))
+        else:
+            rows.append((title, name, str(drop), "-", "-", _paper("neuron", fam)))
     ranked, random = de["drop_at_half_pp"]["ranked"], de["drop_at_half_pp"]["random"]
     half = min(range(len(de["counts"])), key=lambda i: abs(de["counts"][i] / de["width"] - 0.5))
     ci = (f"ranked {_pp_ci({'ci': de['ranked_drop_ci'][half]})}; random {_pp_ci({'ci': de['random_drop_ci'][half]})}"

@@ -11,6 +11,9 @@ first-token one (:func:`vlmlens.vrp.ablation.ablation_result`).
 Examples:
     >>> named("There is a dog and two dining tables.", "dining table"), named("a hotdog", "dog")
     (True, False)
+
+Limits: a negation ("there is no dog") still names the dog; real VLMs asked to list objects
+rarely write one.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from vlmlens.vrp.config import VRPConfig
 from vlmlens.vrp.store import SampleStore
 
 __all__ = [
+    "ALIASES",
     "IDENTIFY_QUESTION",
     "correct_column",
     "identification_result",
@@ -50,24 +54,55 @@ def correct_column(condition: str) -> str:
     return f"identify_{condition}_correct"
 
 
-def named(text: str, object_name: str) -> bool:
-    """Whether ``text`` names the object: its words, case-insensitive, whole words, singular or plural."""
-    words = object_name.lower().split()
-    if not words:
+ALIASES: dict[str, tuple[str, ...]] = {
+    "person": ("people", "man", "men", "woman", "women", "boy", "girl", "child", "children", "player", "skier"),
+    "knife": ("knives",),
+    "mouse": ("mice",),
+    "tv": ("television", "monitor"),
+    "airplane": ("plane", "aeroplane", "jet"),
+    "couch": ("sofa",),
+    "motorcycle": ("motorbike",),
+    "cell phone": ("phone", "mobile phone", "smartphone"),
+    "dining table": ("table",),
+}
+"""Other names of POPE's (COCO's) objects counted as naming them (**choice**: irregular plurals
+and the everyday words a VLM uses, e.g. "a man" for person)."""
+
+
+def _pattern(name: str) -> str:
+    """Whole words, case-insensitive, spaces or hyphens between words, singular or plural."""
+    words = name.lower().split()
+    return r"(?<![a-z])" + r"[\s-]+".join(map(re.escape, words)) + r"(?:e?s)?(?![a-z])"
+
+
+def named(text: str, object_name: str, vocabulary: Sequence[str] = ()) -> bool:
+    """Whether ``text`` names the object, by its name or one of its :data:`ALIASES`.
+
+    Longer names of the ``vocabulary`` (the dataset's objects) that contain the object's
+    name are blanked out first, so "a hot dog" does not name a dog nor "a teddy bear" a bear.
+
+    Examples:
+        >>> named("two people and a teddy bear", "person"), named("a teddy bear", "bear", ["teddy bear"])
+        (True, False)
+    """
+    name = object_name.lower().strip()
+    if not name:
         raise DataError("an empty object name cannot be looked for in an answer.")
-    phrase = r"\s+".join(map(re.escape, words))
-    return re.search(rf"(?<![a-z]){phrase}(?:e?s)?(?![a-z])", text.lower()) is not None
+    lowered = text.lower()
+    for other in sorted({v.lower().strip() for v in vocabulary}, key=len, reverse=True):
+        if other != name and re.search(_pattern(name), other):
+            lowered = re.sub(_pattern(other), " | ", lowered)
+    return any(re.search(_pattern(n), lowered) for n in (name, *ALIASES.get(name, ())))
 
 
 def image_batches(items: Sequence[Any], n_images: int) -> list[tuple[int, list[Any]]]:
-    """Fixed batches of the questions of ``n_images`` consecutive images, in dataset order."""
-    groups: list[list[Any]] = []
+    """Fixed batches of every question of ``n_images`` images (in order of first appearance)."""
+    groups: dict[str, list[Any]] = {}
     for item in items:
-        if not groups or groups[-1][0].image != item.image:
-            groups.append([])
-        groups[-1].append(item)
-    return [(i // n_images, [item for group in groups[i : i + n_images] for item in group])
-            for i in range(0, len(groups), n_images)]
+        groups.setdefault(item.image, []).append(item)
+    ordered = list(groups.values())
+    return [(i // n_images, [item for group in ordered[i : i + n_images] for item in group])
+            for i in range(0, len(ordered), n_images)]
 
 
 def _conditions(plan: Mapping[str, Any], k: int) -> list[dict[str, Any]]:
@@ -85,7 +120,7 @@ def run_identification(model: Any, dataset: Any, config: VRPConfig, store: Sampl
     Raises:
         DataError: if a question has no parsed object name (not POPE's wording).
     """
-    from vlmlens.ops import Ablate
+    from vlmlens.vrp.ablation import _interventions
 
     missing = [item.question_id for item in dataset.items if not item.object_name]
     if missing:
@@ -94,8 +129,8 @@ def run_identification(model: Any, dataset: Any, config: VRPConfig, store: Sampl
     batches = image_batches(dataset.items, config.batch_size)
     done = store.done_batches("identify", {i: len(chunk) for i, chunk in batches})
     todo = [(i, chunk) for i, chunk in batches if i not in done]
-    conditions = {c["name"]: [Ablate(site=c["site"], dims=tuple(c["dims"]), mode="zero")]
-                  for c in _conditions(plan, config.ablation.k)}
+    conditions = dict(zip(*_interventions({"conditions": _conditions(plan, config.ablation.k)}, config)))
+    vocabulary = sorted({item.object_name for item in dataset.items})
     tokens = config.identify.max_new_tokens
     for index, chunk in progress_bar(todo, desc=f"VRP {name}: identification", unit="batch", progress=progress):
         images = list(dict.fromkeys(item.image for item in chunk))  # one prompt per image, in order
@@ -111,7 +146,7 @@ def run_identification(model: Any, dataset: Any, config: VRPConfig, store: Sampl
             for condition, answers in texts.items():
                 answer = answers[at[item.image]].strip()
                 row[text_column(condition)] = answer
-                row[correct_column(condition)] = int(named(answer, item.object_name) == (item.label == "yes"))
+                row[correct_column(condition)] = int(named(answer, item.object_name, vocabulary) == (item.label == "yes"))
             rows.append(row)
         store.append("identify", index, rows)
     return store

@@ -43,13 +43,14 @@ from vlmlens.vrp.attention import (
     object_attention_mass,
     spatial_entropy,
 )
-from vlmlens.vrp.config import VRPConfig
+from vlmlens.vrp.config import MaskingConfig, VRPConfig
 from vlmlens.vrp.consistency import consistency_score, token_confidence
 from vlmlens.vrp.margins import truth_margin, yes_no_margin
 from vlmlens.vrp.sampling import decode_shared
 from vlmlens.vrp.store import SampleStore
 
-__all__ = ["FEATURES", "MASKS", "AnswerTokens", "batches_of", "mask_column", "measure_batch", "run_samples"]
+__all__ = ["FEATURES", "MASKS", "AnswerTokens", "batches_of", "mask_column", "mask_columns", "measure_batch",
+           "run_samples"]
 
 logger = logging.getLogger(__name__)
 MASKS = ("top", "bottom", "random")
@@ -70,6 +71,17 @@ def mask_column(kind: str, fraction: float, draw: int = 0) -> str:
     """
     tag = f"_d{draw}" if kind == "random" else ""
     return f"mask_{kind}_{round(fraction * 100):02d}{tag}_correct"
+
+
+MASK_STREAM = 4
+"""Purpose tag of the random masks' seeds, ``[seed, 4, question_id, draw]`` (probe nulls use 1,
+the ablation's random dims 1 and 2, destruction 3), so no two purposes share a random stream."""
+
+
+def mask_columns(kind: str, fraction: float, masking: MaskingConfig) -> list[str]:
+    """Every column of one mask kind at one share: one for ranked masks, one per draw for random ones."""
+    draws = masking.draws(fraction) if kind == "random" else 1
+    return [mask_column(kind, fraction, draw) for draw in range(draws)]
 
 
 def batches_of(items: Sequence[Any], size: int) -> list[tuple[int, list[Any]]]:
@@ -143,14 +155,14 @@ def _round(values: np.ndarray, digits: int = 5) -> str:
 def _mask_conditions(maps_last: list[torch.Tensor], qids: Sequence[int], config: VRPConfig) -> tuple[list, list]:
     """One MaskPixels condition per (kind, share, draw); random scores seeded per question and draw."""
     def random_scores(draw: int) -> list[torch.Tensor]:
-        return [torch.from_numpy(np.random.default_rng([config.seed, int(q), draw]).random(tuple(m.shape)))
+        return [torch.from_numpy(np.random.default_rng([config.seed, MASK_STREAM, int(q), draw]).random(tuple(m.shape)))
                 for q, m in zip(qids, maps_last)]
 
     names, conditions = [], []
     for fraction in config.masking.fractions:
         masks = [(mask_column(kind, fraction), maps_last, kind == "top") for kind in ("top", "bottom")]
-        masks += [(mask_column("random", fraction, draw), random_scores(draw), True)
-                  for draw in range(config.masking.draws(fraction))]
+        masks += [(column, random_scores(draw), True)
+                  for draw, column in enumerate(mask_columns("random", fraction, config.masking))]
         for name, scores, largest in masks:
             names.append(name)
             conditions.append([MaskPixels(patches=[top_patches(s, fraction, largest=largest) for s in scores])])

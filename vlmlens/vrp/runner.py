@@ -88,6 +88,26 @@ class VRPResult:
         return self.samples.copy()
 
 
+ANALYSIS_ONLY = ("n_resamples", "n_examples", "interventions", "probe", "mlp_probe")
+"""VRPConfig settings that change no stored table (the statistics are recomputed from the store)."""
+
+
+def stored_settings(config: VRPConfig) -> dict[str, Any]:
+    """The settings a store's tables depend on (``settings.json``): resuming under others is refused."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in ANALYSIS_ONLY}
+    settings["identify"] = {"max_new_tokens": config.identify.max_new_tokens}  # enabling it adds a table, changes none
+    return to_jsonable(settings)
+
+
+def _check_settings(store: SampleStore, config: VRPConfig) -> None:
+    current, stored = stored_settings(config), store.read_json("settings")
+    if stored is not None and stored != current:
+        changed = sorted(k for k in current.keys() | stored.keys() if current.get(k) != stored.get(k))
+        raise DataError(f"{store.folder} was measured with other settings ({', '.join(changed)} differ from this "
+                        "run's); use another --out, or delete the folder to start over.")
+    store.write_json("settings", current)
+
+
 def _measure(model: Any, dataset: Any, config: VRPConfig, store: SampleStore, *, name: str,
              resume: bool, progress: bool | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
     """Run (or resume) both phases into ``store``: the JSON-ready results and the per-sample table.
@@ -96,6 +116,7 @@ def _measure(model: Any, dataset: Any, config: VRPConfig, store: SampleStore, *,
         DataError: if the store exists and ``resume`` is false, or the store's plan was made
             with other settings.
     """
+    _check_settings(store, config)
     run_samples(model, dataset, config, store, resume=resume, name=name, progress=progress)
     qids = [item.question_id for item in dataset.items]
     frame = store.read("samples", qids)

@@ -607,6 +607,12 @@ def cluster_sign_flip_p(
     return (extreme + 1) / (n_permutations + 1)
 
 
+def hurts_more_than_random(top: McNemar, random_drop_pp: float) -> bool:
+    """The interventions' claim at one setting: the targeted edit significantly hurts (McNemar
+    p < :data:`ALPHA`) and more than the random control's mean drop."""
+    return bool(top.p_value < ALPHA and top.drop_pp > random_drop_pp)
+
+
 def sweep_verdict(findings: Sequence[int | bool | None]) -> str:
     """What a sensitivity sweep says, from each setting's finding.
 

@@ -283,3 +283,8 @@ def test_last_position_logits_equal_the_full_logits_there(model, padding_side):
     assert torch.allclose(cached, full[rows, last], atol=1e-5)
     with pytest.raises(InputError, match="need a Batch"):
         model.forward(dict(batch.inputs), last=True)
+    _, pick = model.last_logits(batch)
+    with pytest.raises(InputError, match="does not support last-position logits"):
+        pick(full)  # what a model class that ignores logits_to_keep would return
+    with pytest.raises(InputError, match="not both"):
+        sweep(model, batch, conditions, last=True, reduce=lambda logits, b: logits.sum())

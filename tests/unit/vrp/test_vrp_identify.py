@@ -15,12 +15,24 @@ from vlmlens.vrp.identify import image_batches, named
     ("A bus, some buses", "bus", True),
     ("I see a Dining  Table near the window", "dining table", True),  # case, multi-word, spacing
     ("a hotdog on a plate", "dog", False),               # inside another word
-    ("the table is empty", "dining table", False),       # only part of a multi-word name
+    ("a hot dog on a plate", "dog", False),              # a longer object of the vocabulary
+    ("a hot-dog", "dog", False),
+    ("a dog and a hot dog", "dog", True),
+    ("a hot dog", "hot dog", True),
+    ("a teddy bear", "bear", False),
+    ("the red car", "car", True),
+    ("a dining-table", "dining table", True),            # hyphen
+    ("the table is empty", "dining table", True),        # an alias (ALIASES, a choice)
+    ("two people skiing", "person", True),               # irregular plural / everyday words
+    ("a woman", "person", True),
+    ("knives and forks", "knife", True),
+    ("a television", "tv", True),
     ("doge", "dog", False),
     ("", "cat", False),
 ])
 def test_named_matches_whole_words_singular_or_plural(text, name, want) -> None:
-    assert named(text, name) is want
+    vocabulary = ["dog", "hot dog", "bear", "teddy bear", "car", "dining table", "person", "knife", "tv", "cat", "cone"]
+    assert named(text, name, vocabulary) is want
 
 
 def test_named_refuses_an_empty_object() -> None:
@@ -34,3 +46,7 @@ def test_image_batches_keep_every_question_of_an_image_together_in_order() -> No
     assert [i for i, _ in batches] == [0, 1, 2]
     assert [len({item.image for item in chunk}) for _, chunk in batches] == [2, 2, 1]
     assert [item for _, chunk in batches for item in chunk] == list(items)
+    # An image whose questions are not contiguous is still asked once, with all of them.
+    shuffled = [items[0], items[6], items[1], *items[2:6], *items[7:]]
+    first = image_batches(shuffled, 1)[0][1]
+    assert {item.image for item in first} == {items[0].image} and len(first) == 6

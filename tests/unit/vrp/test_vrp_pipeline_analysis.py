@@ -197,3 +197,24 @@ def test_attention_summary_recomputes_r_pb_at_every_swept_setting() -> None:
     assert by_setting["all"].r == pytest.approx(np.corrcoef(correct, frame["C_k@all"])[0, 1])
     assert by_setting["all"].clustered  # the bootstrap resamples images
     assert res.verdicts["C_k"] == "depends on the setting"  # a signal at the layer settings only
+
+
+def test_mask_conditions_name_the_columns_the_summary_reads_and_draw_distinct_sets() -> None:
+    import torch
+
+    from vlmlens.vrp.analysis import masked_correct
+    from vlmlens.vrp.pipeline import _mask_conditions, mask_columns
+
+    maps = [torch.rand(4, 4, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    names, conditions = _mask_conditions(maps, [11, 12], CONFIG)
+    fractions = CONFIG.masking.fractions
+    assert len(names) == len(conditions) == 2 * len(fractions) + sum(CONFIG.masking.draws(f) for f in fractions)
+    want = [c for f in fractions for kind in ("top", "bottom", "random") for c in mask_columns(kind, f, CONFIG.masking)]
+    assert sorted(names) == sorted(want)
+    frame = pd.DataFrame({name: [1, 0] for name in names})
+    assert masked_correct(frame, "random", 0.3, CONFIG).tolist() == [1.0, 0.0]  # reads exactly those columns
+    randoms = [c[0].patches for n, c in zip(names, conditions) if n.startswith("mask_random_30")]
+    assert len(randoms) == 3 and len({str(p) for p in randoms}) == 3  # three different patch sets
+    again, _ = _mask_conditions(maps, [11, 12], CONFIG)
+    assert [str(c[0].patches) for c in _mask_conditions(maps, [11, 12], CONFIG)[1]] == [
+        str(c[0].patches) for c in conditions] and again == names  # reproducible

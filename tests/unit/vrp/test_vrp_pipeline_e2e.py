@@ -64,7 +64,7 @@ def test_every_measurement_is_reported(result) -> None:
     assert r["ablation"]["mlp_out"]["top_vs_random"]["n_clusters"] == N_IMAGES
     assert len(r["destruction"]["ranked_drop_ci"]) == len(r["destruction"]["counts"])
     assert r["masking"]["top_drop"]["n"] == 6 * N_IMAGES
-    assert set(r["multiplicity"]) == {"correlations", "probes", "masking", "ablation", "destruction"}
+    assert set(r["multiplicity"]) == {"correlations", "probes", "masking", "ablation", "destruction", "identification"}
     for tests in r["multiplicity"].values():
         assert all(t["p"] <= t["p_bh"] <= t["p_holm"] <= 1 for t in tests)
     assert r["ablation"]["mlp_out"]["k"] == 2 and len(r["ablation"]["mlp_out"]["dims"]) == 2
@@ -72,7 +72,11 @@ def test_every_measurement_is_reported(result) -> None:
     assert ident["n"] == 6 * N_IMAGES and ident["layer"] == r["ablation"]["layer"]
     assert [row["k"] for row in ident["mlp_out"]["by_k"]] == [2]  # the reported k only
     assert ident["mlp_out"]["dims"] == r["ablation"]["mlp_out"]["dims"]  # the same neurons as the yes/no readout
-    assert any("object identification" in t["test"] for t in r["multiplicity"]["ablation"])
+    # A family of its own, of image-level tests: the ablation family is what it is without the option.
+    assert [t["test"] for t in r["multiplicity"]["identification"]] == [
+        "mlp_out top-2 vs clean", "mlp_out top-2 vs random", "mlp_post top-2 vs clean", "mlp_post top-2 vs random"]
+    assert r["multiplicity"]["identification"][0]["p"] == ident["mlp_out"]["top_drop"]["p_value"]
+    assert not any("identification" in t["test"] for t in r["multiplicity"]["ablation"])
     assert "object-identification accuracy drop" in res.summary()
     assert r["destruction"]["counts"] == [2, 32]  # 2 dims, then 50% of d_model 64
     assert len(r["examples"]) == CONFIG.n_examples
@@ -179,5 +183,28 @@ def test_identification_answers_equal_hand_ablated_generation(result) -> None:
         assert (rows[text_column(name)] == text).all(), (name, text, rows[text_column(name)].tolist())
         for _, row in rows.iterrows():
             question = next(i for i in dataset.items if i.question_id == row["question_id"])
-            want = int(named(text, question.object_name) == (question.label == "yes"))
+            vocabulary = sorted({i.object_name for i in dataset.items})
+            want = int(named(text, question.object_name, vocabulary) == (question.label == "yes"))
             assert table.loc[table["question_id"] == question.question_id, correct_column(name)].item() == want
+
+
+@pytest.mark.slow
+def test_resume_refuses_other_settings_and_finishes_a_killed_identification(result, tmp_path) -> None:
+    import dataclasses
+    import shutil
+
+    from vlmlens.errors import DataError
+
+    model, dataset, res = result
+    folder = tmp_path / "store"
+    shutil.copytree(res.folder, folder)
+    more_draws = dataclasses.replace(CONFIG, masking=dataclasses.replace(CONFIG.masking, random_draws=2))
+    with pytest.raises(DataError, match=r"other settings \(masking differ"):
+        vrp.run(model, dataset, more_draws, out=folder, resume=True, name="tiny")
+    table = folder / "identify.csv"
+    lines = table.read_text().splitlines(keepends=True)
+    table.write_text("".join(lines[:7]))  # killed after the first image's six questions
+    resumed = vrp.run(model, dataset, CONFIG, out=folder, resume=True, name="tiny")
+    assert table.read_text().splitlines() == [line.rstrip("\n") for line in lines]
+    assert json.dumps(resumed.results["identification"], sort_keys=True) == json.dumps(
+        res.results["identification"], sort_keys=True)
