@@ -280,7 +280,7 @@ _INTRO = ("Our value, its 95% CI and n beside the paper's (VRP.md, Headline numb
           "resamples images jointly in every model.")
 
 _MULTIPLICITY = ("Every p-value a model reports, by family of tests (correlations, probes, masking, ablation, "
-                 "destruction), adjusted within its family: Holm for the family-wise error, Benjamini-Hochberg "
+                 "destruction; identification, image-level tests, when that readout ran), adjusted within its family: Holm for the family-wise error, Benjamini-Hochberg "
                  "for the false discovery rate (results.json: `multiplicity`). The headline table prints raw p.")
 
 _ORDER = ("POPE", "R_pb(C_k", "R_pb(H_s", "attended patch masking", "linear probe", "MLP probe", "baseline AUROC", "self-consistency",
