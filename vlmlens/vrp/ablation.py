@@ -58,6 +58,7 @@ __all__ = [
     "ablation_result",
     "destruction_result",
     "make_plan",
+    "plan_interventions",
     "rank_dimensions",
     "run_interventions",
 ]
@@ -221,7 +222,8 @@ def _destruction_conditions(site: str, x: np.ndarray, labels: np.ndarray, config
     return out
 
 
-def _interventions(plan: Mapping[str, Any], config: VRPConfig) -> tuple[list[str], list[list[Ablate]]]:
+def plan_interventions(plan: Mapping[str, Any], config: VRPConfig) -> tuple[list[str], list[list[Ablate]]]:
+    """The plan's conditions as ``(column names, intervention lists)``, in plan order."""
     mean = plan.get("destruction_mean")
     names, conditions = [], []
     for c in plan["conditions"]:
@@ -259,7 +261,7 @@ def run_interventions(model: Any, dataset: Any, config: VRPConfig, store: Sample
     if not todo:
         return store
     tokens = AnswerTokens.of(model)
-    names, conditions = _interventions(plan, config)
+    names, conditions = plan_interventions(plan, config)
     for index, chunk in progress_bar(todo, desc=f"VRP {name}: ablations", unit="batch", progress=progress):
         batch = model.prepare([dataset.image(item) for item in chunk], [item.text for item in chunk], suffix=config.suffix)
         logits = sweep(model, batch, conditions, chunk_size=max(1, 128 // len(chunk)), last=True)  # 16 x 8: fastest

@@ -120,7 +120,7 @@ def run_identification(model: Any, dataset: Any, config: VRPConfig, store: Sampl
     Raises:
         DataError: if a question has no parsed object name (not POPE's wording).
     """
-    from vlmlens.vrp.ablation import _interventions
+    from vlmlens.vrp.ablation import plan_interventions
 
     missing = [item.question_id for item in dataset.items if not item.object_name]
     if missing:
@@ -129,7 +129,7 @@ def run_identification(model: Any, dataset: Any, config: VRPConfig, store: Sampl
     batches = image_batches(dataset.items, config.batch_size)
     done = store.done_batches("identify", {i: len(chunk) for i, chunk in batches})
     todo = [(i, chunk) for i, chunk in batches if i not in done]
-    conditions = dict(zip(*_interventions({"conditions": _conditions(plan, config.ablation.k)}, config)))
+    conditions = dict(zip(*plan_interventions({"conditions": _conditions(plan, config.ablation.k)}, config)))
     vocabulary = sorted({item.object_name for item in dataset.items})
     tokens = config.identify.max_new_tokens
     for index, chunk in progress_bar(todo, desc=f"VRP {name}: identification", unit="batch", progress=progress):

@@ -117,11 +117,11 @@ def test_summary_figures_report_and_table(result) -> None:
 @pytest.mark.slow
 def test_planned_ablations_equal_a_hand_written_hook(result) -> None:
     from vlmlens.ops import sweep
-    from vlmlens.vrp.ablation import _interventions
+    from vlmlens.vrp.ablation import plan_interventions
 
     model, dataset, res = result
     plan = json.loads((res.folder / "plan.json").read_text())
-    names, conditions = _interventions(plan, CONFIG)
+    names, conditions = plan_interventions(plan, CONFIG)
     items = dataset.items[:2]
     batch = model.prepare([dataset.image(i) for i in items], [i.text for i in items], suffix=CONFIG.suffix)
     chosen = [names.index("ablate_mlp_out_top_k2"), names.index("destroy_ranked_n32")]
