@@ -489,13 +489,18 @@ class HookedVLM(TLSurface):
         inputs are ``copies`` stacked copies of its layout (:func:`vlmlens.ops.sweep`) is
         read copy-major.
         """
+        with torch.no_grad():
+            return self._logits(batch, last=last)
+
+    @no_type_check
+    def _logits(self, batch: Batch | dict[str, torch.Tensor], *, last: bool = False) -> torch.Tensor:
+        """One HF call's logits (grad mode as the caller set it): ``batch seq vocab``, or with
+        ``last`` each sample's answer logits ``batch vocab`` (:meth:`last_logits`)."""
         inputs = self._inputs(batch)
         if not last:
-            with torch.no_grad():
-                return self.hf_model(**inputs).logits
+            return self.hf_model(**inputs).logits
         keep, pick = self.last_logits(batch)
-        with torch.no_grad():
-            return pick(self.hf_model(**inputs, logits_to_keep=keep).logits)
+        return pick(self.hf_model(**inputs, logits_to_keep=keep).logits)
 
     @no_type_check
     def last_logits(self, batch: Batch) -> tuple[torch.Tensor, Any]:

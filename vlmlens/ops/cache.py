@@ -240,11 +240,7 @@ def run_with_cache(
                    for s in chosen]
         try:
             with torch.set_grad_enabled(grad is not None):
-                if last:
-                    columns, pick = model.last_logits(batch)
-                    logits = pick(model.hf_model(**model._inputs(batch), logits_to_keep=columns).logits)
-                else:
-                    logits = model.hf_model(**model._inputs(batch)).logits
+                logits = model._logits(batch, last=last)
                 grads = _gradients(grad, logits, batch, calls) if grad is not None else None
         finally:
             for handle in handles:
