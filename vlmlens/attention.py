@@ -86,9 +86,9 @@ def attention_forward(
     scores = getattr(module, "hook_attn_scores", None)
     if pattern is not None:
         if not kwargs.get(KV_HOOKED):
-            key = module.hook_k(key.transpose(1, 2)).transpose(1, 2)
-            value = module.hook_v(value.transpose(1, 2)).transpose(1, 2)
-        query = module.hook_q(query.transpose(1, 2)).transpose(1, 2)
+            key = module.hook_k.fire(key.transpose(1, 2)).transpose(1, 2)
+            value = module.hook_v.fire(value.transpose(1, 2)).transpose(1, 2)
+        query = module.hook_q.fire(query.transpose(1, 2)).transpose(1, 2)
     kwargs.pop(KV_HOOKED, None)
     needed = (pattern is not None and (pattern.requested() or scores.requested())
               or kwargs.get("output_attentions", False))
@@ -111,11 +111,11 @@ def attention_forward(
     if attention_mask is not None:
         weights = weights + attention_mask
     if scores is not None:
-        weights = scores(weights)
+        weights = scores.fire(weights)
     weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     if pattern is not None:
-        weights = pattern(weights)
+        weights = pattern.fire(weights)
     output = torch.matmul(weights, value_states)
     return output.transpose(1, 2).contiguous(), weights
 

@@ -47,7 +47,10 @@ from vlmlens.context import CallStack, Step
 from vlmlens.errors import InputError
 from vlmlens.sites import Point, Site, Tower
 
-__all__ = ["HookPoint", "InstalledHooks", "install", "input_hook"]
+__all__ = ["HookPoint", "InstalledHooks", "input_hook", "install"]
+
+_GLOBAL_HOOKS = torch.nn.modules.module
+"""Where torch keeps the global module hooks (``register_module_forward_hook``)."""
 
 _MODULE_NAME: dict[Point, str] = {
     Point.RESID_PRE: "hook_resid_pre",
@@ -72,10 +75,30 @@ _MODULE_NAME: dict[Point, str] = {
 
 
 class HookPoint(nn.Module):
-    """An identity module marking a site; nnsight reads and replaces its output."""
+    """An identity module marking a site; nnsight reads and replaces its output.
+
+    The model's hooks pass activations through :meth:`fire`, which calls the module only
+    when something can see or change this point in the running forward: a PyTorch hook on
+    it (an intervention, a cache, a user's hook), a global module hook, or an nnsight trace
+    that reaches it. Otherwise the activation passes untouched without a module call, so an
+    unobserved forward pays next to nothing per site.
+    """
 
     def forward(self, x: Any) -> Any:
         return x
+
+    def live(self) -> bool:
+        """Whether a call of this module could be seen or edited now."""
+        if self._forward_hooks or self._forward_pre_hooks or _GLOBAL_HOOKS._global_forward_hooks or (
+                _GLOBAL_HOOKS._global_forward_pre_hooks):
+            return True
+        state = getattr(self.__dict__.get("forward"), "state", None)  # nnsight's instrumented forward
+        active = getattr(state, "active", None)
+        return active is None or active()[0] is not None  # unknown instrumentation: always call
+
+    def fire(self, x: Any) -> Any:
+        """``self(x)`` when :meth:`live`, else ``x`` itself."""
+        return self(x) if self.live() else x
 
 
 class PatternPoint(HookPoint):
@@ -166,7 +189,9 @@ def _kwarg_hook(point: HookPoint, name: str):
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> Any:
         if kwargs.get(name) is None:
             return None
-        return args, {**kwargs, name: point(kwargs[name])}
+        value = kwargs[name]
+        new = point.fire(value)
+        return None if new is value else (args, {**kwargs, name: new})
 
     return hook
 
@@ -244,9 +269,11 @@ def _install_tower(model: nn.Module, tower: Tower, spec: TowerSpec, cfg: Any, ho
 def _packed(point: HookPoint, packed: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     """``point`` as a function; for a tower without a batch axis it sees ``1 patch ...``."""
     if not packed:
-        return point
+        return point.fire
 
     def call(x: torch.Tensor) -> torch.Tensor:
+        if not point.live():
+            return x
         return point(x[None])[0]  # a view of x when unedited: same values, and gradients reach the hook point
 
     return call
@@ -256,7 +283,9 @@ def _output_hook(point: HookPoint, packed: bool = False):
     fn = _packed(point, packed)
 
     def hook(module: nn.Module, args: Any, output: Any) -> Any:
-        return _replace_first(output, fn(_first(output)))
+        first = _first(output)
+        new = fn(first)
+        return None if new is first else _replace_first(output, new)
 
     return hook
 
@@ -264,7 +293,9 @@ def _output_hook(point: HookPoint, packed: bool = False):
 def _heads_hook(point: HookPoint, head_dim: int):
     """A projection's output ``batch seq (head d_head)`` through ``point`` as ``batch seq head d_head``."""
 
-    def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+    def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor | None:
+        if not point.live():
+            return None
         heads = output.view(*output.shape[:-1], -1, head_dim)
         return point(heads).reshape(output.shape)  # a view when unedited: gradients reach the hook point
 
@@ -283,12 +314,17 @@ def _scale_hooks(point: HookPoint, norm: nn.Module, hooks: InstalledHooks) -> No
     seen: dict[str, torch.Tensor] = {}  # this forward's scale, from the pre-hook to the hook
 
     def pre(module: nn.Module, args: tuple) -> None:
+        if not point.live():
+            seen.clear()
+            return
         # From a detached input: the norm's own graph already carries d scale / d x, so the
         # site's gradient is d metric / d scale with x held fixed (TransformerLens's).
         scale = (args[0].detach().float().pow(2).mean(-1, keepdim=True) + eps).sqrt()
         seen["old"], seen["new"] = scale, point(scale)
 
     def post(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        if not seen:
+            return output
         old, new = seen.pop("old"), seen.pop("new")
         if new is old and not new.requires_grad:
             return output
@@ -333,8 +369,8 @@ class _HookedCache:
         self._cache, self._attn = cache, attn
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        key_states = self._attn.hook_k(key_states.transpose(1, 2)).transpose(1, 2)
-        value_states = self._attn.hook_v(value_states.transpose(1, 2)).transpose(1, 2)
+        key_states = self._attn.hook_k.fire(key_states.transpose(1, 2)).transpose(1, 2)
+        value_states = self._attn.hook_v.fire(value_states.transpose(1, 2)).transpose(1, 2)
         return self._cache.update(key_states, value_states, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -399,17 +435,20 @@ def _mlp_out_hook(point: HookPoint, mid: dict, packed: bool):
     fn = _packed(point, packed)
 
     def hook(module: nn.Module, args: Any, output: Any) -> Any:
-        out = fn(_first(output))
+        first = _first(output)
+        out = fn(first)
         delta = mid.pop("delta", None)
         if delta is not None:
             out = out + delta
-        return _replace_first(output, out)
+        return None if out is first else _replace_first(output, out)
 
     return hook
 
 
 def _z_hook(point: HookPoint, n_heads: int, packed: bool):
     def hook(module: nn.Module, args: tuple) -> Any:
+        if not point.live():
+            return None
         z = args[0]
         heads = z.unflatten(-1, (n_heads, -1))
         view = heads[None] if packed else heads

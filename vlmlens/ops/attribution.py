@@ -142,9 +142,10 @@ def attribute_residual(
     sites = [model.text.resid_pre[layer] for layer in _layers(model, layers)]
     chosen = _positions(layout, positions)
     products, ends = _products(model, clean, corrupt, metric, sites, ig_steps)
-    base = ends["corrupt_metric"]
-    values = torch.tensor([[base + float(products[s][mask.to(products[s].device)].sum()) for mask in chosen]
-                           for s in sites])
+    masks = torch.stack(chosen).to(products[sites[0]].device, torch.float32)  # position batch seq
+    per_token = torch.stack([products[s].sum(-1) for s in sites])  # layer batch seq
+    # One product and one copy to the host for every (layer, position), not a sync per site.
+    values = ends["corrupt_metric"] + torch.einsum("lbs,pbs->lp", per_token, masks).cpu()
     sample0 = [int(torch.nonzero(mask[0])[0]) for mask in chosen]
     return PatchingResult(values=values, axes=("layer", "position"),
                           labels=(tuple(s.layer for s in sites), _position_labels(model, clean, sample0)),

@@ -49,6 +49,19 @@ def _select(act: torch.Tensor, site: Site, mask: torch.Tensor | None) -> torch.T
     return picked.squeeze(axis) if index.shape[1] == 1 else picked
 
 
+def _to_host(act: torch.Tensor, device: torch.device | str, pending: set[torch.device]) -> torch.Tensor:
+    """``act.to(device)``; a GPU tensor bound for the CPU goes to a pinned buffer by a
+    non-blocking copy (its device joins ``pending``: synchronise it before reading), so
+    caching does not stall the GPU's queue at every hooked site."""
+    target = torch.device(device)
+    if target.type != "cpu" or act.device.type != "cuda":
+        return act.to(target)
+    host = torch.empty(act.shape, dtype=act.dtype, pin_memory=True)
+    host.copy_(act, non_blocking=True)
+    pending.add(act.device)
+    return host
+
+
 @dataclass(frozen=True)
 class ActivationCache(Mapping):
     """Activations keyed by :class:`Site`; also indexable by name or ``(short, layer)``.
@@ -221,10 +234,11 @@ def run_with_cache(
     results = {(s.tower, s.layer) for s in chosen if s.point is Point.RESULT}
     calls: dict[Site, list[torch.Tensor]] = {s: [] for s in chosen}
     per_image = {s for s in chosen if model.runs_per_image(s)}
+    pending: set[torch.device] = set()  # devices with copies to the host still in flight
 
     def select(site: Site, act: torch.Tensor) -> torch.Tensor:
         act = act.detach() if site in per_image else _select(act.detach(), site, mask)
-        return act.to(device) if device is not None else act
+        return _to_host(act, device, pending) if device is not None else act
 
     def keep(site: Site, act: torch.Tensor) -> None:
         if grad is None:  # positions are selected, and copied off the device, as each site fires
@@ -255,8 +269,11 @@ def run_with_cache(
 
     grad_cache = ActivationCache(finish(grads, selected=False), positions, model=model) if grads is not None else None
     logits = logits.detach()
-    logits = logits.to(device) if device is not None else logits
-    return logits, ActivationCache(finish(calls, selected=grad is None), positions, grad_cache, model)
+    logits = _to_host(logits, device, pending) if device is not None else logits
+    activations = finish(calls, selected=grad is None)
+    for gpu in pending:
+        torch.cuda.synchronize(gpu)
+    return logits, ActivationCache(activations, positions, grad_cache, model)
 
 
 def _gradients(metric: Callable, logits: torch.Tensor, batch: Any,

@@ -6,7 +6,8 @@ plus a ``question_id`` tensor), updating ``manifest.json`` after each shard. Bot
 are written to a temporary name and moved into place with ``os.replace``, so a run
 killed at any moment leaves a store whose manifest lists only complete shards; running
 the same call again resumes after them without losing or duplicating a sample. At most
-one shard (plus one batch) is held in memory, whatever the dataset size.
+one shard (plus two batches) is held in memory, whatever the dataset size: the next batch's
+inputs are prepared on a worker thread while the current one runs.
 
 :class:`ActivationStore` reads a store back: ``load(site)`` gives ``n ...`` for all
 samples in stored order, ``iter_batches(site, batch_size)`` streams it.
@@ -29,6 +30,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -171,10 +173,7 @@ def write_store(
     bar = progress_bar(total=len(items), initial=len(items) - len(todo), desc=f"store {out.name}", unit="sample",
                        progress=progress)
     with bar:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            images = [dataset.image(item) for item in chunk]
-            batch = model.prepare(images, [item.text for item in chunk], suffix=suffix)
+        for chunk, batch in _prepared(model, dataset, todo, batch_size, suffix):
             _, cache = run_with_cache(model, batch, sites=chosen, positions=positions, device="cpu")
             acts = {site: _per_sample(model, site, cache[site], batch) for site in chosen}
             if dtype is not None:
@@ -370,6 +369,24 @@ class ActivationStore:
 
 
 # ---------------------------------------------------------------- helpers
+def _prepared(model: Any, dataset: Any, todo: list[Any], batch_size: int, suffix: bool
+              ) -> Iterator[tuple[list[Any], Batch]]:
+    """Each chunk of ``todo`` with its prepared batch, in order. The next chunk's images are
+    read and processed on a worker thread while the caller runs the current one, so input
+    processing overlaps the forward (one batch ahead, so memory stays bounded)."""
+    chunks = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+
+    def prepare(chunk: list[Any]) -> Batch:
+        return model.prepare([dataset.image(item) for item in chunk], [item.text for item in chunk], suffix=suffix)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlmlens-store") as pool:
+        ahead = pool.submit(prepare, chunks[0]) if chunks else None
+        for i, chunk in enumerate(chunks):
+            batch = ahead.result()
+            ahead = pool.submit(prepare, chunks[i + 1]) if i + 1 < len(chunks) else None
+            yield chunk, batch
+
+
 def _items(dataset: Any) -> list[Any]:
     if getattr(dataset, "items", None) is None or not callable(getattr(dataset, "image", None)):
         raise InputError(f"write_store needs a dataset with .items and .image(item) (e.g. vlmlens.data.synth_pope), "

@@ -5,7 +5,8 @@ image be encoded once and shared by the K samples, not K separate ``generate`` c
 :func:`decode_shared` runs one prefill forward of the batch through the wrapped
 transformers model, repeats its KV cache ``1 + K`` times per question and decodes a few
 tokens with single-token forwards: row 0 of each question greedy, rows 1..K sampled with
-temperature and nucleus (top-p) sampling.
+temperature and nucleus (top-p) sampling. Decoding stops once every row has produced an
+end-of-sequence or pad token (as ``generate`` does), since later tokens are trimmed anyway.
 
 Sampling noise is drawn per question from a generator seeded by ``(seed, question key)``,
 so a question's samples do not depend on which batch it was in.
@@ -166,6 +167,8 @@ def decode_shared(
     device = model.device
     stop = {t for t in (model.tokenizer.eos_token_id, model.tokenizer.pad_token_id) if t is not None}
     chosen, logprobs = [], []
+    ended = torch.zeros(size * copies, dtype=torch.bool)
+    stop_ids = torch.tensor(sorted(stop), dtype=torch.long)
     real = mask.sum(-1, keepdim=True).long().cpu()  # tokens before the first answer token
     prefill: dict[str, torch.Tensor] = {}
     if model.family not in ROPE_OFFSETS:
@@ -186,7 +189,8 @@ def decode_shared(
             token = torch.cat([greedy[:, None], sampled], 1).reshape(-1)
             chosen.append(token.cpu())
             logprobs.append(torch.log_softmax(rows[:, 0].double(), -1).gather(-1, greedy[:, None])[:, 0].cpu())
-            if step == max_new_tokens - 1:
+            ended |= torch.isin(chosen[-1], stop_ids)
+            if step == max_new_tokens - 1 or bool(ended.all()):  # every row has answered: later tokens are trimmed
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
             position = (offsets + step).to(device)
