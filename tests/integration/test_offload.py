@@ -42,6 +42,11 @@ def test_offloaded_layers_give_the_same_results(family, tmp_path):
         torch.testing.assert_close(b[site], a[site], atol=1e-6, rtol=1e-5)
     edit = [Ablate(site="text.blocks.0.attn.hook_result", heads=(1,)), Ablate(site="text.blocks.1.hook_mlp_out")]
     torch.testing.assert_close(run(off, batch, edit), run(plain, batch, edit), atol=1e-6, rtol=1e-5)
+    # Generation with an edit at every step: the KV cache of an offloaded layer, and the edit, carry over.
+    kv = [Ablate(site="text.blocks.0.attn.hook_v", heads=(0,))]
+    wanted, got = plain.generate(batch, max_new_tokens=4, interventions=kv), off.generate(batch, 4, interventions=kv)
+    assert got.token_ids.tolist() == wanted.token_ids.tolist()
+    torch.testing.assert_close(got.scores, wanted.scores, atol=1e-5, rtol=1e-5)
 
 
 def test_weight_reading_analyses_say_so_on_offloaded_weights(tmp_path):

@@ -50,6 +50,7 @@ from vlmlens.ops.patching import (
 )
 from vlmlens.ops.positions import ImagePatches
 from vlmlens.ops.sae import Splice, sae_features
+from vlmlens.ops.ray_store import RayStoreConfig, write_store_ray
 from vlmlens.ops.store import ActivationStore, StoreInfo, write_store
 from vlmlens.ops.sweep import repeat_batch, sweep
 
@@ -84,6 +85,8 @@ __all__ = [
     "ActivationStore",
     "StoreInfo",
     "write_store",
+    "write_store_ray",
+    "RayStoreConfig",
     "Metric",
     "PatchingResult",
     "logit_diff",

@@ -155,7 +155,7 @@ def write_store(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     header = _header(model, chosen, positions, suffix, dtype)
-    manifest = _read_manifest(out) if (out / MANIFEST).exists() else None
+    manifest = read_manifest(out) if (out / MANIFEST).exists() else None
     if manifest is not None and not resume:
         _delete_store(out, manifest)
         manifest = None
@@ -245,7 +245,7 @@ class _ShardWriter:
         # between leaves an unlisted file that the next run overwrites.
         shards.append({"file": name, "rows": n})
         self.manifest["n_rows"] += n
-        _write_json(self.out / MANIFEST, self.manifest)
+        write_json(self.out / MANIFEST, self.manifest)
         self.new_rows += n
 
 
@@ -267,7 +267,7 @@ class ActivationStore:
         if not (self.path / MANIFEST).exists():
             raise DataError(f"{self.path} has no {MANIFEST}: it is not an activation store, or no shard of it "
                             "was completed yet; write one with vlmlens.ops.write_store()")
-        self.manifest = _read_manifest(self.path)
+        self.manifest = read_manifest(self.path)
         for shard in self.manifest["shards"]:
             if not (self.path / shard["file"]).exists():
                 raise DataError(f"store {self.path} lists shard {shard['file']} but the file is missing; "
@@ -464,7 +464,7 @@ def _per_sample(model: Any, site: Site, act: Tensor, batch: Batch) -> Tensor:
     return flat.reshape(n, flat.shape[0] // n, *flat.shape[1:])
 
 
-def _read_manifest(out: Path) -> dict[str, Any]:
+def read_manifest(out: Path) -> dict[str, Any]:
     try:
         manifest = json.loads((out / MANIFEST).read_text())
     except json.JSONDecodeError as err:
@@ -511,7 +511,7 @@ def _delete_store(out: Path, manifest: dict[str, Any]) -> None:
     (out / MANIFEST).unlink()
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w") as f:
         json.dump(data, f, indent=1)

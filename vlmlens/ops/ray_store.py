@@ -1,0 +1,258 @@
+"""The activation store, data-parallel on Ray: one HookedVLM replica per actor.
+
+:func:`write_store_ray` splits a dataset into ``workers`` contiguous blocks of items and has
+one Ray actor per block write it with :func:`~vlmlens.ops.write_store` into its own part
+folder (``part-00``, ``part-01``, ...) of the output folder. When every part is complete
+it writes the output folder's ``manifest.json`` listing the parts' shards in dataset
+order, so :class:`~vlmlens.ops.ActivationStore` reads the whole store as if one process
+had written it: the same rows in the same order.
+
+Nothing is lost or written twice when something dies:
+
+* each part is an ordinary resumable store (shards and manifest written atomically);
+* an actor that dies (a crash, ``ray.kill``, a lost node) is replaced, up to
+  ``max_restarts`` times per part, and the new actor resumes the part after its last
+  complete shard;
+* a driver that dies leaves the parts as they were; the same call run again resumes every
+  part and then writes the merged manifest.
+
+Ray is an optional extra (``pip install vlmlens[ray]``). With Ray not yet initialised, the
+call starts a local Ray instance for its own duration and shuts it down after. Models are
+built inside the actors by ``model_factory``, a picklable zero-argument callable such as
+``functools.partial(HookedVLM.from_pretrained, "llava-hf/llava-1.5-7b-hf", dtype="bfloat16",
+device="cuda")``, with ``gpus_per_worker=1`` for one GPU per actor.
+
+Examples:
+    >>> import functools
+    >>> from vlmlens.data import synth_pope
+    >>> from vlmlens.testing import tiny_vlm
+    >>> info = write_store_ray(functools.partial(tiny_vlm, "llava"), synth_pope("random", 2), "/tmp/store",
+    ...                        sites=["text.blocks.1.hook_resid_post"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vlmlens.errors import DataError, InputError
+from vlmlens.ops.cache import SiteSpec
+from vlmlens.ops.positions import Positions
+from vlmlens.ops.store import (
+    MANIFEST,
+    STORE_FORMAT,
+    StoreInfo,
+    read_manifest,
+    write_json,
+    write_store,
+)
+from vlmlens.sites import Site
+
+__all__ = ["RayStoreConfig", "write_store_ray"]
+
+logger = logging.getLogger(__name__)
+
+PART = "part-{:02d}"
+"""The folder of one actor's block of items, under the output folder."""
+
+PLAN = "ray_plan.json"
+"""The item order and blocks of a Ray store, written by its first run."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RayStoreConfig:
+    """How the work is spread.
+
+    Attributes:
+        workers: actors, each holding one model replica and writing one block of items.
+        gpus_per_worker: GPUs Ray reserves per actor (1 on a GPU machine; 0 on CPU).
+        cpus_per_worker: CPUs Ray reserves per actor.
+        threads: torch threads in each actor (``None``: torch's default).
+        max_restarts: times a part's actor may be replaced after it dies, before the call fails.
+    """
+
+    workers: int = 2
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    threads: int | None = 1
+    max_restarts: int = 2
+
+    def __post_init__(self) -> None:
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise InputError(f"RayStoreConfig.workers must be an int >= 1, got {self.workers!r}")
+        if self.gpus_per_worker < 0 or self.cpus_per_worker < 0:
+            raise InputError(f"RayStoreConfig needs gpus_per_worker and cpus_per_worker >= 0, got "
+                             f"{self.gpus_per_worker} and {self.cpus_per_worker}")
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"RayStoreConfig.threads must be >= 1 or None, got {self.threads}")
+        if self.max_restarts < 0:
+            raise InputError(f"RayStoreConfig.max_restarts must be >= 0, got {self.max_restarts}")
+
+
+class _Block:
+    """Items ``start:stop`` of a dataset (a dataset in the sense of ``write_store``)."""
+
+    def __init__(self, dataset: Any, start: int, stop: int) -> None:
+        self.dataset = dataset
+        self.items = list(dataset.items[start:stop])
+
+    def image(self, item: Any) -> Any:
+        return self.dataset.image(item)
+
+
+class _Writer:
+    """A Ray actor's body: one model replica, writing blocks into part stores."""
+
+    def __init__(self, model_factory: Callable[[], Any], threads: int | None) -> None:
+        import torch
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.model = model_factory()
+
+    def write(self, dataset: Any, start: int, stop: int, out: str, options: dict[str, Any]) -> None:
+        write_store(self.model, _Block(dataset, start, stop), out, progress=False, resume=True, **options)
+
+
+def _plan(out: Path, ids: list[int], workers: int) -> list[tuple[int, int]]:
+    """The blocks of this run, recorded in ``PLAN`` by the first run into ``out``; a later run
+    (a resume) must split the same items the same way, or parts would overlap."""
+    blocks = _blocks(len(ids), workers)
+    plan = {"question_ids": [int(i) for i in ids], "blocks": [list(b) for b in blocks]}
+    path = out / PLAN
+    if path.exists():
+        recorded = json.loads(path.read_text())
+        if recorded != plan:
+            raise DataError(
+                f"{out} holds a Ray store split into {len(recorded['blocks'])} parts over "
+                f"{len(recorded['question_ids'])} items; this call splits {len(ids)} items into {len(blocks)} parts. "
+                "Resume with the same dataset and workers, or choose another out_dir")
+        return blocks
+    write_json(path, plan)
+    return blocks
+
+
+def _blocks(n: int, workers: int) -> list[tuple[int, int]]:
+    """Contiguous ``(start, stop)`` blocks of ``n`` items, as even as possible, none empty."""
+    k = min(workers, n)
+    edges = [round(i * n / k) for i in range(k + 1)] if k else [0]
+    return list(itertools.pairwise(edges))
+
+
+def write_store_ray(
+    model_factory: Callable[[], Any],
+    dataset: Any,
+    out_dir: str | Path,
+    *,
+    sites: SiteSpec,
+    positions: Positions = "last",
+    batch_size: int = 8,
+    shard_size: int = 256,
+    suffix: bool = False,
+    dtype: Any = None,
+    config: RayStoreConfig | None = None,
+) -> StoreInfo:
+    """:func:`~vlmlens.ops.write_store` spread over Ray actors (module docs).
+
+    Args:
+        model_factory: builds the HookedVLM inside each actor (picklable, no arguments).
+        dataset: as for ``write_store``; it is pickled to every actor.
+        out_dir: the store's folder; ``part-NN`` folders and the merged manifest go here.
+        sites, positions, batch_size, shard_size, suffix, dtype: as for ``write_store``
+            (every part uses them; a part refuses to resume under other values).
+        config: workers and their resources (:class:`RayStoreConfig`).
+
+    Returns:
+        A :class:`~vlmlens.ops.StoreInfo` of the merged store (``new_rows``: rows this call wrote).
+
+    Raises:
+        InputError: Ray is not installed, or bad arguments.
+        DataError: a part holds a store written with other settings, or a part's actor died
+            more than ``max_restarts`` times.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise InputError("write_store_ray needs Ray: pip install 'vlmlens[ray]'") from None
+    config = config or RayStoreConfig()
+    if sites is None:
+        raise InputError("write_store_ray needs sites=...: a name, a list, or a predicate on Site")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    options = {"sites": sites, "positions": positions, "batch_size": batch_size, "shard_size": shard_size,
+               "suffix": suffix, "dtype": dtype}
+    blocks = _plan(out, [item.question_id for item in dataset.items], config.workers)
+    before = sum(read_manifest(out / PART.format(i))["n_rows"] for i in range(len(blocks))
+                 if (out / PART.format(i) / MANIFEST).exists())
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=max(1, round(config.workers * config.cpus_per_worker)), include_dashboard=False,
+                 log_to_driver=False)
+    try:
+        _run(ray, model_factory, dataset, blocks, out, options, config)
+    finally:
+        if started:
+            ray.shutdown()
+    info = _merge(out, len(blocks))
+    return StoreInfo(path=info.path, sites=info.sites, n_rows=info.n_rows, n_shards=info.n_shards,
+                     new_rows=info.n_rows - before)
+
+
+def _run(ray: Any, model_factory: Callable[[], Any], dataset: Any, blocks: list[tuple[int, int]], out: Path,
+         options: dict[str, Any], config: RayStoreConfig) -> None:
+    """Run every block on its own actor, replacing actors that die."""
+    actor_class = ray.remote(num_cpus=config.cpus_per_worker, num_gpus=config.gpus_per_worker)(_Writer)
+    data = ray.put(dataset)
+    deaths = [0] * len(blocks)
+
+    def launch(part: int) -> Any:
+        actor = actor_class.remote(model_factory, config.threads)
+        start, stop = blocks[part]
+        return actor, actor.write.remote(data, start, stop, str(out / PART.format(part)), options)
+
+    running: dict[Any, tuple[int, Any]] = {}
+    try:
+        for part in range(len(blocks)):
+            actor, ref = launch(part)
+            running[ref] = (part, actor)
+        while running:
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            part, actor = running.pop(ref)
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError as err:  # the actor died: a fresh one resumes its part
+                deaths[part] += 1
+                if deaths[part] > config.max_restarts:
+                    raise DataError(f"the actor writing {PART.format(part)} of {out} died {deaths[part]} times "
+                                    f"(max_restarts={config.max_restarts}); the last: {err}. The completed shards "
+                                    "are kept: run the same call again to resume") from None
+                logger.warning("the actor writing %s died (%s); resuming it on a new actor", PART.format(part), err)
+                new_actor, new_ref = launch(part)
+                running[new_ref] = (part, new_actor)
+            finally:
+                ray.kill(actor)  # done or dead: free its resources
+    finally:
+        for _, actor in running.values():  # after a failure: stop the others (their shards stay)
+            ray.kill(actor)
+
+
+def _merge(out: Path, n_parts: int) -> StoreInfo:
+    """Write the manifest listing every part's shards, in part order (= dataset order)."""
+    parts = [read_manifest(out / PART.format(i)) for i in range(n_parts)]
+    if not parts:
+        raise DataError(f"the dataset is empty: nothing was stored in {out}")
+    head = parts[0]
+    merged = {key: value for key, value in head.items() if key not in ("shards", "n_rows")}
+    merged["format"] = STORE_FORMAT
+    merged["shards"] = [{"file": f"{PART.format(i)}/{shard['file']}", "rows": shard["rows"]}
+                        for i, part in enumerate(parts) for shard in part["shards"]]
+    merged["n_rows"] = sum(part["n_rows"] for part in parts)
+    merged["parts"] = [PART.format(i) for i in range(n_parts)]
+    write_json(out / MANIFEST, merged)
+    return StoreInfo(path=out, sites=tuple(Site.parse(s) for s in head["sites"]), n_rows=merged["n_rows"],
+                     n_shards=len(merged["shards"]), new_rows=0)
