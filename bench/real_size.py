@@ -18,7 +18,8 @@ vlmlens code in it):
 * ``consistency``: greedy + K=10 samples from one prefill vs HF ``generate`` greedy (<= 2.5x)
   and with ``num_return_sequences=10`` (<= 0.5x), greedy rows compared (``consistency.py``);
 * ``store``: ``write_store`` of every text ``resid_post`` at the last position over SynthPOPE
-  questions vs a bare batched plain forward over pre-built batches (goal <= 1.3x).
+  questions vs a bare batched plain forward over pre-built batches (goal <= 1.3x); with
+  ``--store-workers N`` also with N input-processing processes.
 
 Results go to ``--out`` (one JSON line per family and part, written as each finishes) and to
 stdout as a table. A part that fails is recorded with its error and the rest go on.
@@ -162,7 +163,7 @@ class Preloaded:
         return self._images[item.question_id]
 
 
-def part_store(model: Any, plain: torch.nn.Module, side: int, samples: int, batch_size: int,
+def part_store(model: Any, plain: torch.nn.Module, side: int, samples: int, batch_size: int, workers: int,
                repeats: int) -> dict[str, Any]:
     data = Preloaded(samples, max(side, 64))  # SynthPOPE draws objects of >= 6 px
     chunks = [data.items[i : i + batch_size] for i in range(0, len(data.items), batch_size)]
@@ -173,14 +174,18 @@ def part_store(model: Any, plain: torch.nn.Module, side: int, samples: int, batc
             for batch in prepared:
                 plain(**batch.inputs)
 
-    def store() -> None:
+    def store(workers: int = 0) -> None:
         with tempfile.TemporaryDirectory() as out:
             write_store(model, data, out, sites=text_resid, positions="last", batch_size=batch_size,
-                        shard_size=256, progress=False)
+                        shard_size=256, progress=False, workers=workers)
 
-    t = interleaved({"bare": bare, "store": store}, repeats, model.device)
-    return {"samples": samples, "batch": batch_size, "bare_s": t["bare"], "store_s": t["store"],
-            "ratio": t["store"] / t["bare"]}
+    variants = {"bare": bare, "store": store} | ({"store_workers": lambda: store(workers)} if workers else {})
+    t = interleaved(variants, repeats, model.device)
+    row = {"samples": samples, "batch": batch_size, "bare_s": t["bare"], "store_s": t["store"],
+           "ratio": t["store"] / t["bare"], "workers": workers}
+    if workers:
+        row |= {"store_workers_s": t["store_workers"], "workers_ratio": t["store_workers"] / t["bare"]}
+    return row
 
 
 def run_family(family: str, args: argparse.Namespace, dtype: torch.dtype, write: Callable[[dict], None]) -> None:
@@ -198,7 +203,8 @@ def run_family(family: str, args: argparse.Namespace, dtype: torch.dtype, write:
         "atp": lambda: part_atp(model, plain, side, args.repeats),
         "consistency": lambda: measure_consistency(model, plain, side=side, batch_size=args.batch_size,
                                                    repeats=args.repeats),
-        "store": lambda: part_store(model, plain, side, args.samples, args.batch_size, args.repeats),
+        "store": lambda: part_store(model, plain, side, args.samples, args.batch_size, args.store_workers,
+                                    args.repeats),
     }
     for name in args.parts:
         start = time.perf_counter()
@@ -223,7 +229,7 @@ LINES = {
     "consistency": ("  consistency  {shared_ms:8.1f} ms | {vs_greedy:.2f}x HF greedy generate (<= 2.5) | {vs_hf_k:.2f}x "
                     "HF num_return_sequences={k} (<= 0.5) | greedy identical: {greedy_identical}"),
     "store": ("  store        {store_ms:8.1f} ms for {samples} samples | {ratio:.2f}x a bare batched plain forward "
-              "(<= 1.3)"),
+              "(<= 1.3){with_workers}"),
 }
 """How each part's row is printed (times in milliseconds)."""
 
@@ -232,7 +238,9 @@ def line(row: dict[str, Any]) -> str:
     if "error" in row:
         return f"  {row['part']:12s} FAILED: {row['error']}"
     ms = {f"{key[:-2]}_ms": value * 1e3 for key, value in row.items() if key.endswith("_s")}
-    return LINES[row["part"]].format_map({**row, **ms})
+    extra = {"with_workers": f" | with {row['workers']} worker processes {row['workers_ratio']:.2f}x"
+             if row.get("workers") else ""}
+    return LINES[row["part"]].format_map({**row, **ms, **extra})
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -247,6 +255,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--samples", type=int, default=64, help="questions written by the store part")
+    parser.add_argument("--store-workers", type=int, default=0,
+                        help="also time write_store with this many input-processing processes")
     parser.add_argument("--out", default=None, help="append one JSON line per result here")
     args = parser.parse_args(argv)
     transformers.logging.set_verbosity_error()

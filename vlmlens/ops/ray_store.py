@@ -155,6 +155,7 @@ def write_store_ray(
     shard_size: int = 256,
     suffix: bool = False,
     dtype: Any = None,
+    workers: int = 0,
     config: RayStoreConfig | None = None,
 ) -> StoreInfo:
     """:func:`~vlmlens.ops.write_store` spread over Ray actors (module docs).
@@ -165,6 +166,7 @@ def write_store_ray(
         out_dir: the store's folder; ``part-NN`` folders and the merged manifest go here.
         sites, positions, batch_size, shard_size, suffix, dtype: as for ``write_store``
             (every part uses them; a part refuses to resume under other values).
+        workers: input-processing processes per actor (``write_store``'s ``workers``).
         config: workers and their resources (:class:`RayStoreConfig`).
 
     Returns:
@@ -185,7 +187,7 @@ def write_store_ray(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     options = {"sites": sites, "positions": positions, "batch_size": batch_size, "shard_size": shard_size,
-               "suffix": suffix, "dtype": dtype}
+               "suffix": suffix, "dtype": dtype, "workers": workers}
     blocks = _plan(out, [item.question_id for item in dataset.items], config.workers)
     before = sum(read_manifest(out / PART.format(i))["n_rows"] for i in range(len(blocks))
                  if (out / PART.format(i) / MANIFEST).exists())

@@ -42,7 +42,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from vlmlens.errors import DataError, InputError, SiteNotFoundError
-from vlmlens.inputs import Batch
+from vlmlens.inputs import Batch, prepare_batch
 from vlmlens.ops.cache import SiteSpec, run_with_cache, select_sites
 from vlmlens.ops.positions import Positions
 from vlmlens.progress import progress_bar
@@ -114,6 +114,7 @@ def write_store(
     dtype: torch.dtype | None = None,
     resume: bool = True,
     progress: bool = True,
+    workers: int = 0,
 ) -> StoreInfo:
     """Cache sites over a whole dataset into safetensors shards, resumably.
 
@@ -134,6 +135,10 @@ def write_store(
         resume: continue an existing store in ``out_dir`` (skipping stored question ids); with
             ``False`` an existing store there is deleted and written again.
         progress: show a tqdm progress bar.
+        workers: processes that read and process inputs ahead of the forward (a
+            ``DataLoader``); 0 uses one thread in this process. Worth it where the image
+            processing of a batch takes longer than its forward (small models on a GPU); the
+            dataset must then work in a forked process.
 
     Returns:
         A :class:`StoreInfo` describing the store.
@@ -147,6 +152,8 @@ def write_store(
         raise InputError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
         raise InputError(f"shard_size must be an int >= 1, got {shard_size!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise InputError(f"workers must be an int >= 0 (0: prepare on a thread), got {workers!r}")
     if sites is None:
         raise InputError("write_store needs sites=...: a name, a list, or a predicate such as "
                          "lambda s: s.point.short == 'resid_post'")
@@ -173,7 +180,7 @@ def write_store(
     bar = progress_bar(total=len(items), initial=len(items) - len(todo), desc=f"store {out.name}", unit="sample",
                        progress=progress)
     with bar:
-        for chunk, batch in _prepared(model, dataset, todo, batch_size, suffix):
+        for chunk, batch in _prepared(model, dataset, todo, batch_size, suffix, workers):
             _, cache = run_with_cache(model, batch, sites=chosen, positions=positions, device="cpu")
             acts = {site: _per_sample(model, site, cache[site], batch) for site in chosen}
             if dtype is not None:
@@ -369,12 +376,38 @@ class ActivationStore:
 
 
 # ---------------------------------------------------------------- helpers
-def _prepared(model: Any, dataset: Any, todo: list[Any], batch_size: int, suffix: bool
+class _Chunks(torch.utils.data.Dataset):
+    """Chunks of items, each read and processed into a CPU :class:`Batch` (in a worker process)."""
+
+    def __init__(self, model: Any, dataset: Any, chunks: list[list[Any]], suffix: bool) -> None:
+        self.adapter, self.config, self.processor = model.adapter, model.hf_model.config, model.processor
+        self.dataset, self.chunks, self.suffix = dataset, chunks, suffix
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, index: int) -> Batch:
+        chunk = self.chunks[index]
+        return prepare_batch(self.adapter, self.config, self.processor, [self.dataset.image(i) for i in chunk],
+                             [item.text for item in chunk], suffix=self.suffix)
+
+
+def _prepared(model: Any, dataset: Any, todo: list[Any], batch_size: int, suffix: bool, workers: int
               ) -> Iterator[tuple[list[Any], Batch]]:
-    """Each chunk of ``todo`` with its prepared batch, in order. The next chunk's images are
-    read and processed on a worker thread while the caller runs the current one, so input
-    processing overlaps the forward (one batch ahead, so memory stays bounded)."""
+    """Each chunk of ``todo`` with its prepared batch, in order, prepared ahead of the caller.
+
+    With ``workers=0`` the next chunk's images are read and processed on a worker thread
+    while the caller runs the current one (one batch ahead). With ``workers > 0``, a
+    ``torch.utils.data.DataLoader`` prepares chunks in that many processes (two batches
+    ahead each), for input processing that takes longer than the forward.
+    """
     chunks = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    if workers > 0:
+        loader = torch.utils.data.DataLoader(_Chunks(model, dataset, chunks, suffix), batch_size=None,
+                                             num_workers=min(workers, max(1, len(chunks))))
+        for chunk, batch in zip(chunks, loader, strict=True):
+            yield chunk, batch.to(model.device)
+        return
 
     def prepare(chunk: list[Any]) -> Batch:
         return model.prepare([dataset.image(item) for item in chunk], [item.text for item in chunk], suffix=suffix)

@@ -156,3 +156,15 @@ def test_errors(model, dataset, tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DataError, match="holds 3 rows, its manifest says 5"):
         ActivationStore(tmp_path).load(TEXT_SITES[0])
+
+
+def test_worker_processes_write_the_same_store(model, dataset, tmp_path):
+    write_store(model, dataset, tmp_path / "thread", sites=SITES, batch_size=4, shard_size=4, progress=False)
+    write_store(model, dataset, tmp_path / "procs", sites=SITES, batch_size=4, shard_size=4, progress=False,
+                workers=2)
+    a, b = ActivationStore(tmp_path / "thread"), ActivationStore(tmp_path / "procs")
+    assert b.question_ids.tolist() == a.question_ids.tolist() == [i.question_id for i in dataset.items]
+    for site in SITES:
+        assert torch.equal(b.load(site), a.load(site)), site
+    with pytest.raises(InputError, match="workers must be an int >= 0"):
+        write_store(model, dataset, tmp_path / "bad", sites=SITES, workers=-1)
