@@ -181,7 +181,9 @@ def write_store(
                        progress=progress)
     with bar:
         for chunk, batch in _prepared(model, dataset, todo, batch_size, suffix, workers):
-            _, cache = run_with_cache(model, batch, sites=chosen, positions=positions, device="cpu")
+            # last=True: the store keeps no logits, so only the answer position is unembedded (a full
+            # batch seq vocab tensor would be copied to the host for nothing: 1 GB a batch for PaliGemma).
+            _, cache = run_with_cache(model, batch, sites=chosen, positions=positions, device="cpu", last=True)
             acts = {site: _per_sample(model, site, cache[site], batch) for site in chosen}
             if dtype is not None:
                 acts = {site: act.to(dtype) for site, act in acts.items()}
