@@ -10,7 +10,7 @@ what a user would run with transformers alone:
   prompt and image K times before the prefill;
 
 and checks that decode_shared's greedy row equals HF's greedy answer for every question.
-Both decode ``--tokens`` new tokens (HF stops early when every row has ended).
+Both decode up to ``--tokens`` new tokens and stop early once every row has ended.
 
     python bench/consistency.py [--family llava] [--scale tiny|reduced|full] [--device cuda]
 """

@@ -3,8 +3,8 @@
 Writes every text ``resid_post`` (last position) of SynthPOPE questions with
 ``write_store_ray`` from a zoo model, once with one actor and once with two (one torch
 thread each), interleaved over ``--repeats`` rounds, into fresh folders. Times are whole
-calls, actor start and model loading included, as a user sees them. On a machine with
-at least two free cores the ideal ratio is 2x.
+calls, actor start and model loading included, as a user sees them. Each actor also
+prepares its next batch on a second thread, so a 2x ratio needs about four free cores.
 
     python bench/ray_store.py [--model toy-llava] [--samples 96] [--repeats 2]
 """

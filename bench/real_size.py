@@ -11,14 +11,15 @@ vlmlens code in it):
 * ``forward``: ``HookedVLM.forward`` (hooks installed, nothing observing them), an nnsight
   trace with nothing saved, and caching every text ``resid_post`` at
   every position to the host, vs one plain forward of the same batch (goals <= 1.05x, <= 1.15x);
-* ``sweep``: 16 head-ablation conditions stacked by ``vlmlens.ops.sweep`` (answer logits only),
-  vs the same 16 conditions one ``run_with_interventions`` each, and vs 16 plain forwards;
+* ``sweep``: 16 head-ablation conditions stacked by ``vlmlens.ops.sweep`` vs the same 16
+  conditions one edited forward each, and vs 16 plain forwards (answer logits only in all three);
 * ``atp``: attribution patching of every (layer, position) ``resid_pre`` (two forwards and a
   backward) vs one plain forward (goal <= 4x);
 * ``consistency``: greedy + K=10 samples from one prefill vs HF ``generate`` greedy (<= 2.5x)
   and with ``num_return_sequences=10`` (<= 0.5x), greedy rows compared (``consistency.py``);
 * ``store``: ``write_store`` of every text ``resid_post`` at the last position over SynthPOPE
-  questions vs a bare batched plain forward over pre-built batches (goal <= 1.3x); with
+  questions vs a bare batched plain forward over pre-built batches, answer logits only in both
+  (goal <= 1.3x); with
   ``--store-workers N`` also with N input-processing processes.
 
 Results go to ``--out`` (one JSON line per family and part, written as each finishes) and to
@@ -119,9 +120,9 @@ def part_sweep(model: Any, plain: torch.nn.Module, batch: Any, repeats: int) -> 
     def stacked() -> None:
         sweep(model, batch, conditions, chunk_size=16, last=True)
 
-    def loop() -> None:
+    def loop() -> None:  # one edited forward per condition, answer logits only like the sweep
         for condition in conditions:
-            run_with_interventions(model, batch, condition)
+            sweep(model, batch, [condition], chunk_size=1, last=True)
 
     def plain16() -> None:
         with torch.no_grad():
@@ -169,10 +170,10 @@ def part_store(model: Any, plain: torch.nn.Module, side: int, samples: int, batc
     chunks = [data.items[i : i + batch_size] for i in range(0, len(data.items), batch_size)]
     prepared = [model.prepare([data.image(i) for i in c], [i.text for i in c]) for c in chunks]
 
-    def bare() -> None:
+    def bare() -> None:  # the answer position's logits only, as the store computes
         with torch.no_grad():
             for batch in prepared:
-                plain(**batch.inputs)
+                plain(**batch.inputs, logits_to_keep=1)
 
     def store(workers: int = 0) -> None:
         with tempfile.TemporaryDirectory() as out:

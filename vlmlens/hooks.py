@@ -78,10 +78,10 @@ class HookPoint(nn.Module):
     """An identity module marking a site; nnsight reads and replaces its output.
 
     The model's hooks pass activations through :meth:`fire`, which calls the module only
-    when something can see or change this point in the running forward: a PyTorch hook on
-    it (an intervention, a cache, a user's hook), a global module hook, or an nnsight trace
-    that reaches it. Otherwise the activation passes untouched without a module call, so an
-    unobserved forward pays next to nothing per site.
+    when something can see or change this point in the running forward: a PyTorch forward
+    or backward hook on it (an intervention, a cache, a user's hook), a global module hook,
+    or an nnsight trace that reaches it. Otherwise the activation passes untouched without a
+    module call, so an unobserved forward pays next to nothing per site.
     """
 
     def forward(self, x: Any) -> Any:
@@ -89,8 +89,10 @@ class HookPoint(nn.Module):
 
     def live(self) -> bool:
         """Whether a call of this module could be seen or edited now."""
-        if self._forward_hooks or self._forward_pre_hooks or _GLOBAL_HOOKS._global_forward_hooks or (
-                _GLOBAL_HOOKS._global_forward_pre_hooks):
+        g = _GLOBAL_HOOKS
+        if (self._forward_hooks or self._forward_pre_hooks or self._backward_hooks or self._backward_pre_hooks
+                or g._global_forward_hooks or g._global_forward_pre_hooks or g._global_backward_hooks
+                or g._global_backward_pre_hooks):
             return True
         state = getattr(self.__dict__.get("forward"), "state", None)  # nnsight's instrumented forward
         active = getattr(state, "active", None)

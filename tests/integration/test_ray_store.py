@@ -12,7 +12,7 @@ import ray
 import torch
 
 from vlmlens.data import synth_pope
-from vlmlens.errors import DataError
+from vlmlens.errors import DataError, InputError
 from vlmlens.ops import ActivationStore, RayStoreConfig, write_store, write_store_ray
 from vlmlens.testing import tiny_vlm
 
@@ -47,6 +47,14 @@ class FailAt:
         if item.question_id == self.question_id:
             raise RuntimeError("stopped here")
         return self.dataset.image(item)
+
+
+class _Empty:
+    def __init__(self) -> None:
+        self.items: list = []
+
+    def image(self, item):
+        raise AssertionError("no items")
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +96,8 @@ def test_two_actors_write_the_single_process_rows(cluster, data, reference, tmp_
     _same(ActivationStore(tmp_path), reference)
     again = write_store_ray(FACTORY, data, tmp_path, config=RayStoreConfig(workers=2), **OPTIONS)
     assert (again.n_rows, again.new_rows) == (20, 0)  # complete: a rerun writes nothing
+    with pytest.raises(DataError, match="written by write_store_ray"):  # one process does not extend it
+        write_store(tiny_vlm("llava"), data, tmp_path, progress=False, **OPTIONS)
 
 
 def test_a_killed_actor_is_replaced_and_its_part_resumes(cluster, data, reference, tmp_path, caplog):
@@ -118,6 +128,16 @@ def test_a_resume_with_another_split_is_refused(data, tmp_path):
     (tmp_path / "ray_plan.json").write_text('{"question_ids": [1], "blocks": [[0, 1]]}')
     with pytest.raises(DataError, match="same dataset and workers"):
         write_store_ray(FACTORY, data, tmp_path, config=RayStoreConfig(workers=3), **OPTIONS)
+
+
+def test_stores_and_settings_it_cannot_use_are_refused(cluster, data, reference, tmp_path):
+    with pytest.raises(DataError, match="written by write_store in one process"):
+        write_store_ray(FACTORY, data, reference.path, **OPTIONS)
+    with pytest.raises(InputError, match="asks for 4 GPUs but the Ray cluster has"):  # would wait forever
+        write_store_ray(FACTORY, data, tmp_path / "gpu", config=RayStoreConfig(workers=1, gpus_per_worker=4),
+                        **OPTIONS)
+    with pytest.raises(InputError, match="empty dataset"):
+        write_store_ray(FACTORY, _Empty(), tmp_path / "empty", **OPTIONS)
 
 
 def test_bad_config_is_refused():

@@ -142,10 +142,13 @@ def attribute_residual(
     sites = [model.text.resid_pre[layer] for layer in _layers(model, layers)]
     chosen = _positions(layout, positions)
     products, ends = _products(model, clean, corrupt, metric, sites, ig_steps)
-    masks = torch.stack(chosen).to(products[sites[0]].device, torch.float32)  # position batch seq
-    per_token = torch.stack([products[s].sum(-1) for s in sites])  # layer batch seq
-    # One product and one copy to the host for every (layer, position), not a sync per site.
-    values = ends["corrupt_metric"] + torch.einsum("lbs,pbs->lp", per_token, masks).cpu()
+    device = products[sites[0]].device if sites else torch.device("cpu")
+    masks = torch.stack(chosen).to(device, torch.float64)  # position batch seq
+    # layer batch seq, on one device (a device_map may spread the layers over several)
+    per_token = torch.stack([products[s].sum(-1).to(device) for s in sites]) if sites else masks[:0]
+    # One product (in float64: no TF32 rounding) and one copy to the host for every (layer, position),
+    # not a host sync per site.
+    values = ends["corrupt_metric"] + torch.einsum("lbs,pbs->lp", per_token.double(), masks).float().cpu()
     sample0 = [int(torch.nonzero(mask[0])[0]) for mask in chosen]
     return PatchingResult(values=values, axes=("layer", "position"),
                           labels=(tuple(s.layer for s in sites), _position_labels(model, clean, sample0)),

@@ -260,19 +260,27 @@ def run_with_cache(
             for handle in handles:
                 handle.remove()
 
+    def settle() -> None:  # the host copies in flight have landed
+        for gpu in pending:
+            torch.cuda.synchronize(gpu)
+        pending.clear()
+
     def finish(parts_of: dict[Site, list[torch.Tensor]], selected: bool) -> dict[Site, torch.Tensor]:
         out = {}
         for site, parts in parts_of.items():
             parts = parts if selected else [select(site, p) for p in parts]
-            out[site] = _join(site, parts) if site in per_image else parts[0]
+            if site in per_image:
+                settle()  # joining reads the host buffers
+                out[site] = _join(site, parts)
+            else:
+                out[site] = parts[0]
         return out
 
     grad_cache = ActivationCache(finish(grads, selected=False), positions, model=model) if grads is not None else None
     logits = logits.detach()
     logits = _to_host(logits, device, pending) if device is not None else logits
     activations = finish(calls, selected=grad is None)
-    for gpu in pending:
-        torch.cuda.synchronize(gpu)
+    settle()
     return logits, ActivationCache(activations, positions, grad_cache, model)
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +45,11 @@ from vlmlens.errors import DataError, InputError
 from vlmlens.ops.cache import SiteSpec
 from vlmlens.ops.positions import Positions
 from vlmlens.ops.store import (
+    IDENTITY,
     MANIFEST,
     STORE_FORMAT,
     StoreInfo,
+    checked_items,
     read_manifest,
     write_json,
     write_store,
@@ -184,18 +187,25 @@ def write_store_ray(
     config = config or RayStoreConfig()
     if sites is None:
         raise InputError("write_store_ray needs sites=...: a name, a list, or a predicate on Site")
+    items = checked_items(dataset)  # refuses repeated question ids, as write_store does
+    if not items:
+        raise InputError("write_store_ray got an empty dataset: there is nothing to store")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if (out / MANIFEST).exists() and "parts" not in read_manifest(out):
+        raise DataError(f"{out} holds a store written by write_store in one process; extend it with write_store, "
+                        "or choose another out_dir")
     options = {"sites": sites, "positions": positions, "batch_size": batch_size, "shard_size": shard_size,
                "suffix": suffix, "dtype": dtype, "workers": workers}
-    blocks = _plan(out, [item.question_id for item in dataset.items], config.workers)
+    blocks = _plan(out, [item.question_id for item in items], config.workers)
     before = sum(read_manifest(out / PART.format(i))["n_rows"] for i in range(len(blocks))
                  if (out / PART.format(i) / MANIFEST).exists())
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=max(1, round(config.workers * config.cpus_per_worker)), include_dashboard=False,
+        ray.init(num_cpus=max(1, math.ceil(len(blocks) * config.cpus_per_worker)), include_dashboard=False,
                  log_to_driver=False)
     try:
+        _check_resources(ray, config)
         _run(ray, model_factory, dataset, blocks, out, options, config)
     finally:
         if started:
@@ -203,6 +213,15 @@ def write_store_ray(
     info = _merge(out, len(blocks))
     return StoreInfo(path=info.path, sites=info.sites, n_rows=info.n_rows, n_shards=info.n_shards,
                      new_rows=info.n_rows - before)
+
+
+def _check_resources(ray: Any, config: RayStoreConfig) -> None:
+    """Refuse an actor the cluster can never place (Ray would wait for it forever)."""
+    have = ray.cluster_resources()
+    for name, need in (("CPU", config.cpus_per_worker), ("GPU", config.gpus_per_worker)):
+        if need > have.get(name, 0):
+            raise InputError(f"each actor asks for {need} {name}s but the Ray cluster has {have.get(name, 0)}; "
+                             f"lower {name.lower()}s_per_worker or start Ray with more")
 
 
 def _run(ray: Any, model_factory: Callable[[], Any], dataset: Any, blocks: list[tuple[int, int]], out: Path,
@@ -228,6 +247,7 @@ def _run(ray: Any, model_factory: Callable[[], Any], dataset: Any, blocks: list[
             try:
                 ray.get(ref)
             except ray.exceptions.RayActorError as err:  # the actor died: a fresh one resumes its part
+                ray.kill(actor)  # first: an actor that is only unreachable must not write beside its replacement
                 deaths[part] += 1
                 if deaths[part] > config.max_restarts:
                     raise DataError(f"the actor writing {PART.format(part)} of {out} died {deaths[part]} times "
@@ -249,6 +269,12 @@ def _merge(out: Path, n_parts: int) -> StoreInfo:
     if not parts:
         raise DataError(f"the dataset is empty: nothing was stored in {out}")
     head = parts[0]
+    for i, part in enumerate(parts[1:], 1):
+        for key in (*IDENTITY, "shapes"):
+            if part.get(key) != head.get(key) and part.get("shapes") is not None:
+                raise DataError(f"{PART.format(i)} of {out} has {key}={part.get(key)!r} but {PART.format(0)} has "
+                                f"{head.get(key)!r}; every part of a store must match (with positions='all', "
+                                "pad every batch to one length)")
     merged = {key: value for key, value in head.items() if key not in ("shards", "n_rows")}
     merged["format"] = STORE_FORMAT
     merged["shards"] = [{"file": f"{PART.format(i)}/{shard['file']}", "rows": shard["rows"]}

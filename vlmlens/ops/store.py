@@ -26,6 +26,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -59,7 +60,7 @@ MANIFEST = "manifest.json"
 _IDS = "question_id"
 _SHARD_GLOB = "shard-*.safetensors"
 # Header fields that must match for a run to resume an existing store.
-_IDENTITY = ("model", "sites", "positions", "suffix", "dtype")
+IDENTITY = ("model", "sites", "positions", "suffix", "dtype")
 
 
 @runtime_checkable
@@ -157,12 +158,15 @@ def write_store(
     if sites is None:
         raise InputError("write_store needs sites=...: a name, a list, or a predicate such as "
                          "lambda s: s.point.short == 'resid_post'")
-    items = _items(dataset)
+    items = checked_items(dataset)
     chosen = select_sites(model, sites)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     header = _header(model, chosen, positions, suffix, dtype)
     manifest = read_manifest(out) if (out / MANIFEST).exists() else None
+    if manifest is not None and "parts" in manifest:
+        raise DataError(f"{out} holds a store written by write_store_ray (in parts); extend it with write_store_ray "
+                        "and the same arguments, or choose another out_dir")
     if manifest is not None and not resume:
         _delete_store(out, manifest)
         manifest = None
@@ -179,8 +183,8 @@ def write_store(
     writer = _ShardWriter(out, manifest, chosen, shard_size)
     bar = progress_bar(total=len(items), initial=len(items) - len(todo), desc=f"store {out.name}", unit="sample",
                        progress=progress)
-    with bar:
-        for chunk, batch in _prepared(model, dataset, todo, batch_size, suffix, workers):
+    with bar, contextlib.closing(_prepared(model, dataset, todo, batch_size, suffix, workers)) as batches:
+        for chunk, batch in batches:
             # last=True: the store keeps no logits, so only the answer position is unembedded (a full
             # batch seq vocab tensor would be copied to the host for nothing: 1 GB a batch for PaliGemma).
             _, cache = run_with_cache(model, batch, sites=chosen, positions=positions, device="cpu", last=True)
@@ -404,7 +408,7 @@ def _prepared(model: Any, dataset: Any, todo: list[Any], batch_size: int, suffix
     ahead each), for input processing that takes longer than the forward.
     """
     chunks = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
-    if workers > 0:
+    if workers > 0 and chunks:
         loader = torch.utils.data.DataLoader(_Chunks(model, dataset, chunks, suffix), batch_size=None,
                                              num_workers=min(workers, max(1, len(chunks))))
         for chunk, batch in zip(chunks, loader, strict=True):
@@ -422,7 +426,7 @@ def _prepared(model: Any, dataset: Any, todo: list[Any], batch_size: int, suffix
             yield chunk, batch
 
 
-def _items(dataset: Any) -> list[Any]:
+def checked_items(dataset: Any) -> list[Any]:
     if getattr(dataset, "items", None) is None or not callable(getattr(dataset, "image", None)):
         raise InputError(f"write_store needs a dataset with .items and .image(item) (e.g. vlmlens.data.synth_pope), "
                          f"got {type(dataset).__name__}")
@@ -511,7 +515,7 @@ def read_manifest(out: Path) -> dict[str, Any]:
 
 
 def _check_identity(out: Path, manifest: dict[str, Any], header: dict[str, Any]) -> None:
-    for field in _IDENTITY:
+    for field in IDENTITY:
         if manifest.get(field) != header[field]:
             raise DataError(
                 f"the store at {out} was written with {field}={manifest.get(field)!r}, this call has "
