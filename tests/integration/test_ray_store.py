@@ -98,6 +98,13 @@ def test_two_actors_write_the_single_process_rows(cluster, data, reference, tmp_
     assert (again.n_rows, again.new_rows) == (20, 0)  # complete: a rerun writes nothing
     with pytest.raises(DataError, match="written by write_store_ray"):  # one process does not extend it
         write_store(tiny_vlm("llava"), data, tmp_path, progress=False, **OPTIONS)
+    with pytest.raises(DataError, match="same dataset and workers"):  # another split of a kept store
+        write_store_ray(FACTORY, data, tmp_path, config=RayStoreConfig(workers=3), **OPTIONS)
+    fresh = write_store_ray(FACTORY, data, tmp_path, config=RayStoreConfig(workers=3), resume=False, **OPTIONS)
+    assert (fresh.n_rows, fresh.new_rows) == (20, 20)  # deleted, then written again in three parts
+    assert sorted(p.name for p in tmp_path.glob("part-*/manifest.json") for p in [p.parent]) == [
+        "part-00", "part-01", "part-02"]
+    _same(ActivationStore(tmp_path), reference)
 
 
 def test_a_killed_actor_is_replaced_and_its_part_resumes(cluster, data, reference, tmp_path, caplog):

@@ -159,6 +159,7 @@ def write_store_ray(
     suffix: bool = False,
     dtype: Any = None,
     workers: int = 0,
+    resume: bool = True,
     config: RayStoreConfig | None = None,
 ) -> StoreInfo:
     """:func:`~vlmlens.ops.write_store` spread over Ray actors (module docs).
@@ -170,6 +171,8 @@ def write_store_ray(
         sites, positions, batch_size, shard_size, suffix, dtype: as for ``write_store``
             (every part uses them; a part refuses to resume under other values).
         workers: input-processing processes per actor (``write_store``'s ``workers``).
+        resume: continue the Ray store in ``out_dir``; with ``False`` its parts, plan and
+            manifest are deleted first (and the items may be split anew).
         config: workers and their resources (:class:`RayStoreConfig`).
 
     Returns:
@@ -195,6 +198,8 @@ def write_store_ray(
     if (out / MANIFEST).exists() and "parts" not in read_manifest(out):
         raise DataError(f"{out} holds a store written by write_store in one process; extend it with write_store, "
                         "or choose another out_dir")
+    if not resume:
+        _delete(out)
     options = {"sites": sites, "positions": positions, "batch_size": batch_size, "shard_size": shard_size,
                "suffix": suffix, "dtype": dtype, "workers": workers}
     blocks = _plan(out, [item.question_id for item in items], config.workers)
@@ -213,6 +218,17 @@ def write_store_ray(
     info = _merge(out, len(blocks))
     return StoreInfo(path=info.path, sites=info.sites, n_rows=info.n_rows, n_shards=info.n_shards,
                      new_rows=info.n_rows - before)
+
+
+def _delete(out: Path) -> None:
+    """Remove a Ray store's parts (their listed shards and manifests), plan and merged manifest."""
+    for part in sorted(out.glob("part-[0-9][0-9]")):
+        if (part / MANIFEST).exists():
+            for shard in read_manifest(part)["shards"]:
+                (part / shard["file"]).unlink(missing_ok=True)
+            (part / MANIFEST).unlink()
+    for name in (PLAN, MANIFEST):
+        (out / name).unlink(missing_ok=True)
 
 
 def _check_resources(ray: Any, config: RayStoreConfig) -> None:
