@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from vlmlens import HookedVLM
+from vlmlens.data import synth_pope
 from vlmlens.testing import tiny_hf
 from vlmlens.zoo.models import MODEL_CLASSES
 
@@ -57,6 +58,19 @@ def build(family: str, scale: str, *, device: str = "cpu", dtype: torch.dtype = 
             torch.set_default_dtype(default)
     plain = copy.deepcopy(hf)
     return HookedVLM.from_hf(hf, processor), plain
+
+
+class Preloaded:
+    """The first ``n`` SynthPOPE adversarial questions with their images rendered up front, so
+    every variant timed reads the same images and none pays for rendering them."""
+
+    def __init__(self, n: int, side: int | None = None) -> None:
+        ds = synth_pope("adversarial", n_images=n // 6 + 1, seed=0, image_size=side).subset(n)
+        self.items = ds.items
+        self._images = {item.question_id: ds.image(item) for item in ds.items}
+
+    def image(self, item: Any) -> Any:
+        return self._images[item.question_id]
 
 
 def synchronize(device: torch.device | str) -> None:

@@ -42,11 +42,18 @@ from typing import Any
 
 import torch
 import transformers
-from common import FAMILIES, IMAGE_SIDE, build, interleaved, n_params, synchronize
+from common import (
+    FAMILIES,
+    IMAGE_SIDE,
+    Preloaded,
+    build,
+    interleaved,
+    n_params,
+    synchronize,
+)
 from consistency import measure as measure_consistency
 
 from vlmlens import Point, Site, Tower
-from vlmlens.data import synth_pope
 from vlmlens.ops import (
     Ablate,
     attribute_residual,
@@ -150,18 +157,6 @@ def part_atp(model: Any, plain: torch.nn.Module, side: int, repeats: int) -> dic
     t = interleaved({"plain": run_plain, "atp": run_atp}, repeats, model.device)
     return {"sites": model.n_layers * corrupt.layout.seq_len, "plain_s": t["plain"], "atp_s": t["atp"],
             "ratio": t["atp"] / t["plain"]}
-
-
-class Preloaded:
-    """The first ``n`` SynthPOPE questions with their images rendered up front (shared by all variants)."""
-
-    def __init__(self, n: int, side: int) -> None:
-        ds = synth_pope("adversarial", n_images=n // 6 + 1, seed=0, image_size=side).subset(n)
-        self.items = ds.items
-        self._images = {item.question_id: ds.image(item) for item in ds.items}
-
-    def image(self, item: Any) -> Any:
-        return self._images[item.question_id]
 
 
 def part_store(model: Any, plain: torch.nn.Module, side: int, samples: int, batch_size: int, workers: int,

@@ -20,23 +20,11 @@ from collections.abc import Callable
 
 import torch
 import transformers
+from common import Preloaded  # bench/ is on the path when run as a script
 
 from vlmlens import Point, Site, Tower
-from vlmlens.data import synth_pope
 from vlmlens.ops import write_store
 from vlmlens.testing import tiny_vlm
-
-
-class Preloaded:
-    """The first ``n`` questions of a SynthPOPE split with their images rendered up front."""
-
-    def __init__(self, n: int) -> None:
-        ds = synth_pope("adversarial", n_images=n // 6 + 1, seed=0).subset(n)
-        self.items = ds.items
-        self._images = {item.question_id: ds.image(item) for item in ds.items}
-
-    def image(self, item):
-        return self._images[item.question_id]
 
 
 def main() -> None:

@@ -47,9 +47,9 @@ from vlmlens.ops.positions import Positions
 from vlmlens.ops.store import (
     IDENTITY,
     MANIFEST,
-    STORE_FORMAT,
     StoreInfo,
     checked_items,
+    delete_store,
     read_manifest,
     write_json,
     write_store,
@@ -215,18 +215,14 @@ def write_store_ray(
     finally:
         if started:
             ray.shutdown()
-    info = _merge(out, len(blocks))
-    return StoreInfo(path=info.path, sites=info.sites, n_rows=info.n_rows, n_shards=info.n_shards,
-                     new_rows=info.n_rows - before)
+    return _merge(out, len(blocks), before)
 
 
 def _delete(out: Path) -> None:
     """Remove a Ray store's parts (their listed shards and manifests), plan and merged manifest."""
     for part in sorted(out.glob("part-[0-9][0-9]")):
         if (part / MANIFEST).exists():
-            for shard in read_manifest(part)["shards"]:
-                (part / shard["file"]).unlink(missing_ok=True)
-            (part / MANIFEST).unlink()
+            delete_store(part, read_manifest(part))
     for name in (PLAN, MANIFEST):
         (out / name).unlink(missing_ok=True)
 
@@ -260,43 +256,48 @@ def _run(ray: Any, model_factory: Callable[[], Any], dataset: Any, blocks: list[
         while running:
             (ref,), _ = ray.wait(list(running), num_returns=1)
             part, actor = running.pop(ref)
+            died = None
             try:
                 ray.get(ref)
-            except ray.exceptions.RayActorError as err:  # the actor died: a fresh one resumes its part
-                ray.kill(actor)  # first: an actor that is only unreachable must not write beside its replacement
-                deaths[part] += 1
-                if deaths[part] > config.max_restarts:
-                    raise DataError(f"the actor writing {PART.format(part)} of {out} died {deaths[part]} times "
-                                    f"(max_restarts={config.max_restarts}); the last: {err}. The completed shards "
-                                    "are kept: run the same call again to resume") from None
-                logger.warning("the actor writing %s died (%s); resuming it on a new actor", PART.format(part), err)
-                new_actor, new_ref = launch(part)
-                running[new_ref] = (part, new_actor)
+            except ray.exceptions.RayActorError as err:
+                died = err
             finally:
-                ray.kill(actor)  # done or dead: free its resources
+                # Done or dead: free its resources; before any replacement, so that an actor that
+                # was only unreachable cannot write beside it.
+                ray.kill(actor)
+            if died is None:
+                continue
+            deaths[part] += 1
+            if deaths[part] > config.max_restarts:
+                raise DataError(f"the actor writing {PART.format(part)} of {out} died {deaths[part]} times "
+                                f"(max_restarts={config.max_restarts}); the last: {died}. The completed shards "
+                                "are kept: run the same call again to resume")
+            logger.warning("the actor writing %s died (%s); resuming it on a new actor", PART.format(part), died)
+            actor, ref = launch(part)  # a fresh actor resumes the part after its last complete shard
+            running[ref] = (part, actor)
     finally:
         for _, actor in running.values():  # after a failure: stop the others (their shards stay)
             ray.kill(actor)
 
 
-def _merge(out: Path, n_parts: int) -> StoreInfo:
-    """Write the manifest listing every part's shards, in part order (= dataset order)."""
+def _merge(out: Path, n_parts: int, before: int) -> StoreInfo:
+    """Write the manifest listing every part's shards, in part order (= dataset order).
+
+    ``before``: the rows the parts held before this call (``new_rows`` is what it added).
+    """
     parts = [read_manifest(out / PART.format(i)) for i in range(n_parts)]
-    if not parts:
-        raise DataError(f"the dataset is empty: nothing was stored in {out}")
     head = parts[0]
     for i, part in enumerate(parts[1:], 1):
         for key in (*IDENTITY, "shapes"):
-            if part.get(key) != head.get(key) and part.get("shapes") is not None:
+            if part.get(key) != head.get(key):
                 raise DataError(f"{PART.format(i)} of {out} has {key}={part.get(key)!r} but {PART.format(0)} has "
                                 f"{head.get(key)!r}; every part of a store must match (with positions='all', "
                                 "pad every batch to one length)")
     merged = {key: value for key, value in head.items() if key not in ("shards", "n_rows")}
-    merged["format"] = STORE_FORMAT
     merged["shards"] = [{"file": f"{PART.format(i)}/{shard['file']}", "rows": shard["rows"]}
                         for i, part in enumerate(parts) for shard in part["shards"]]
     merged["n_rows"] = sum(part["n_rows"] for part in parts)
     merged["parts"] = [PART.format(i) for i in range(n_parts)]
     write_json(out / MANIFEST, merged)
     return StoreInfo(path=out, sites=tuple(Site.parse(s) for s in head["sites"]), n_rows=merged["n_rows"],
-                     n_shards=len(merged["shards"]), new_rows=0)
+                     n_shards=len(merged["shards"]), new_rows=merged["n_rows"] - before)

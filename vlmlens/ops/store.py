@@ -6,8 +6,8 @@ plus a ``question_id`` tensor), updating ``manifest.json`` after each shard. Bot
 are written to a temporary name and moved into place with ``os.replace``, so a run
 killed at any moment leaves a store whose manifest lists only complete shards; running
 the same call again resumes after them without losing or duplicating a sample. At most
-one shard (plus two batches) is held in memory, whatever the dataset size: the next batch's
-inputs are prepared on a worker thread while the current one runs.
+one shard is held in memory, whatever the dataset size, plus the batches whose inputs are
+prepared ahead of the forward (on a thread, or in ``workers`` processes).
 
 :class:`ActivationStore` reads a store back: ``load(site)`` gives ``n ...`` for all
 samples in stored order, ``iter_batches(site, batch_size)`` streams it.
@@ -168,7 +168,7 @@ def write_store(
         raise DataError(f"{out} holds a store written by write_store_ray (in parts); extend it with write_store_ray "
                         "and the same arguments, or choose another out_dir")
     if manifest is not None and not resume:
-        _delete_store(out, manifest)
+        delete_store(out, manifest)
         manifest = None
     if manifest is not None:
         _check_identity(out, manifest, header)
@@ -408,22 +408,18 @@ def _prepared(model: Any, dataset: Any, todo: list[Any], batch_size: int, suffix
     ahead each), for input processing that takes longer than the forward.
     """
     chunks = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    prepared = _Chunks(model, dataset, chunks, suffix)
     if workers > 0 and chunks:
-        loader = torch.utils.data.DataLoader(_Chunks(model, dataset, chunks, suffix), batch_size=None,
-                                             num_workers=min(workers, max(1, len(chunks))))
+        loader = torch.utils.data.DataLoader(prepared, batch_size=None, num_workers=min(workers, len(chunks)))
         for chunk, batch in zip(chunks, loader, strict=True):
             yield chunk, batch.to(model.device)
         return
-
-    def prepare(chunk: list[Any]) -> Batch:
-        return model.prepare([dataset.image(item) for item in chunk], [item.text for item in chunk], suffix=suffix)
-
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlmlens-store") as pool:
-        ahead = pool.submit(prepare, chunks[0]) if chunks else None
+        ahead = pool.submit(prepared.__getitem__, 0) if chunks else None
         for i, chunk in enumerate(chunks):
             batch = ahead.result()
-            ahead = pool.submit(prepare, chunks[i + 1]) if i + 1 < len(chunks) else None
-            yield chunk, batch
+            ahead = pool.submit(prepared.__getitem__, i + 1) if i + 1 < len(chunks) else None
+            yield chunk, batch.to(model.device)
 
 
 def checked_items(dataset: Any) -> list[Any]:
@@ -544,7 +540,7 @@ def _remove_stale(out: Path, manifest: dict[str, Any]) -> None:
             path.unlink()
 
 
-def _delete_store(out: Path, manifest: dict[str, Any]) -> None:
+def delete_store(out: Path, manifest: dict[str, Any]) -> None:
     for shard in manifest["shards"]:
         (out / shard["file"]).unlink(missing_ok=True)
     (out / MANIFEST).unlink()
