@@ -58,6 +58,9 @@ class Stage:
             answers' text alone, hence their priors); only ``"lm"`` may learn.
         warmup: Share of the steps spent on the linear warm-up (``int(steps * warmup)``
             steps, at least one; :func:`~vlmlens.zoo.pretrain.warmup_cosine`).
+        tower_lr_scale: The tower's peak learning rate as a multiple of ``lr`` when the
+            stage trains it (vision encoders fine-tuned end to end are often given a lower
+            rate than the LM, e.g. 0.2x in LLaVA-OneVision); 1.0 trains every part alike.
     """
 
     name: str
@@ -68,6 +71,7 @@ class Stage:
     grounding_rate: float = 0.2
     text_only: bool = False
     warmup: float = 0.05
+    tower_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -83,6 +87,8 @@ class Stage:
                 raise ZooError(f"Stage {self.name!r}: {name} must be in [0, 1]; got {getattr(self, name)}.")
         if not 0.0 <= self.warmup < 1.0:
             raise ZooError(f"Stage {self.name!r}: warmup must be in [0, 1); got {self.warmup}.")
+        if not 0.0 < self.tower_lr_scale <= 1.0:
+            raise ZooError(f"Stage {self.name!r}: tower_lr_scale must be in (0, 1]; got {self.tower_lr_scale}.")
         if self.caption_rate + self.grounding_rate > 1.0:
             raise ZooError(
                 f"Stage {self.name!r}: caption_rate + grounding_rate must be <= 1; "
@@ -147,6 +153,19 @@ def set_trainable(family: Family, model: nn.Module, train: Sequence[Part]) -> li
     for p in model.parameters():
         p.requires_grad_(id(p) in chosen)
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def param_groups(family: Family, model: nn.Module, stage: Stage, params: list[nn.Parameter]) -> list[dict]:
+    """AdamW parameter groups of a stage: one group at ``stage.lr``, or, when the stage
+    trains the tower with ``tower_lr_scale < 1``, the tower's parameters in a second group
+    at ``stage.lr * tower_lr_scale`` (both keep model order)."""
+    if stage.tower_lr_scale == 1.0 or "tower" not in stage.train:
+        return [{"params": params, "lr": stage.lr}]
+    tower = {id(p) for m in part_modules(family, model)["tower"] for p in m.parameters()}
+    return [
+        {"params": [p for p in params if id(p) not in tower], "lr": stage.lr},
+        {"params": [p for p in params if id(p) in tower], "lr": stage.lr * stage.tower_lr_scale},
+    ]
 
 
 class Sampler:
@@ -218,7 +237,7 @@ def run_stage(
     """
     start = time.perf_counter()
     params = set_trainable(family, model, stage.train)
-    opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(param_groups(family, model, stage, params), weight_decay=weight_decay, betas=(0.9, 0.98))
     sched = warmup_cosine(opt, stage.steps, stage.warmup)
     rates = {"caption": stage.caption_rate, "grounding": stage.grounding_rate}
     sampler = Sampler(ts, batch_size, rates, [seed, 17, index])

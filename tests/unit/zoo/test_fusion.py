@@ -108,6 +108,29 @@ def test_stage_warmup_reaches_the_schedule(monkeypatch):
         assert all(x > y for x, y in zip(lrs[n_warm:], lrs[n_warm + 1 :]))
 
 
+@pytest.mark.parametrize("family", ["paligemma", "qwen2_vl"])
+def test_tower_lr_scale_sets_the_towers_group(family):
+    # The tower learns at lr * tower_lr_scale, every other trained part at lr; at the default
+    # 1.0 (or when the tower is not trained) a single group.
+    model, _ = tiny_hf(family)
+    tower = {id(p) for m in part_modules(family, model)["tower"] for p in m.parameters()}
+    joint = Stage(name="joint", steps=1, lr=1e-3, train=("tower", "projector", "lm"), tower_lr_scale=0.2)
+    params = set_trainable(family, model, joint.train)
+    groups = stages.param_groups(family, model, joint, params)
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3, 2e-4])
+    assert {id(p) for p in groups[1]["params"]} == tower
+    assert not tower & {id(p) for p in groups[0]["params"]}
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(params)
+    for stage in (dataclasses.replace(joint, tower_lr_scale=1.0), dataclasses.replace(joint, train=("projector", "lm"))):
+        params = set_trainable(family, model, stage.train)
+        assert [(len(g["params"]), g["lr"]) for g in stages.param_groups(family, model, stage, params)] == [
+            (len(params), 1e-3)
+        ]
+    for bad in (0.0, 1.5):
+        with pytest.raises(ZooError, match=rf"'x': tower_lr_scale must be in \(0, 1\]; got {bad}"):
+            Stage(name="x", steps=1, lr=1e-3, train=("lm",), tower_lr_scale=bad)
+
+
 def test_recipe_validation():
     lm = Stage(name="lm", steps=1, lr=1e-3, train=("lm",))
     with pytest.raises(ZooError, match="tower would stay random"):
