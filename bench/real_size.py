@@ -16,7 +16,8 @@ vlmlens code in it):
 * ``atp``: attribution patching of every (layer, position) ``resid_pre`` (two forwards and a
   backward) vs one plain forward (goal <= 4x);
 * ``consistency``: greedy + K=10 samples from one prefill vs HF ``generate`` greedy (<= 2.5x)
-  and with ``num_return_sequences=10`` (<= 0.5x), greedy rows compared (``consistency.py``);
+  and with ``num_return_sequences=10`` (<= 0.5x), greedy rows compared, one row per token
+  budget of ``--consistency-tokens`` (``consistency.py``);
 * ``store``: ``write_store`` of every text ``resid_post`` at the last position over SynthPOPE
   questions vs a bare batched plain forward over pre-built batches, answer logits only in both
   (goal <= 1.3x); with
@@ -51,6 +52,7 @@ from common import (
     n_params,
     synchronize,
 )
+from consistency import TOKENS
 from consistency import measure as measure_consistency
 
 from vlmlens import Point, Site, Tower
@@ -192,24 +194,26 @@ def run_family(family: str, args: argparse.Namespace, dtype: torch.dtype, write:
     write({"family": family, "part": "model", "params_m": n_params(plain) / 1e6, "text_layers": model.n_layers,
            "vision_layers": model.n_vision_layers, "tokens": batch.layout.seq_len,
            "attention": plain.config.text_config._attn_implementation, "build_s": time.perf_counter() - start})
-    parts: dict[str, Callable[[], dict[str, Any]]] = {
+    parts: dict[str, Callable[[], dict[str, Any] | list[dict[str, Any]]]] = {
         "golden": lambda: part_golden(model, plain, batch, args.repeats),
         "forward": lambda: part_forward(model, plain, batch, args.repeats),
         "sweep": lambda: part_sweep(model, plain, batch, args.repeats),
         "atp": lambda: part_atp(model, plain, side, args.repeats),
-        "consistency": lambda: measure_consistency(model, plain, side=side, batch_size=args.batch_size,
-                                                   repeats=args.repeats),
+        "consistency": lambda: [measure_consistency(model, plain, side=side, batch_size=args.batch_size,
+                                                    tokens=tokens, repeats=args.repeats)
+                                for tokens in args.consistency_tokens],
         "store": lambda: part_store(model, plain, side, args.samples, args.batch_size, args.store_workers,
                                     args.repeats),
     }
     for name in args.parts:
         start = time.perf_counter()
         try:
-            row = parts[name]()
+            result = parts[name]()
         except Exception as err:  # noqa: BLE001 -- a benchmark records a failed part and goes on
-            row = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(limit=6)}
+            result = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(limit=6)}
         synchronize(args.device)
-        write({"family": family, "part": name, **row, "wall_s": time.perf_counter() - start})
+        for row in result if isinstance(result, list) else [result]:
+            write({"family": family, "part": name, **row, "wall_s": time.perf_counter() - start})
 
 
 LINES = {
@@ -222,7 +226,7 @@ LINES = {
     "sweep": ("  sweep x16    {sweep_ms:8.1f} ms | {speedup_vs_loop:.2f}x faster than a loop of 16 edited forwards | "
               "{ratio_vs_plain16:.2f}x the time of 16 plain forwards"),
     "atp": "  AtP          {atp_ms:8.1f} ms for {sites} sites | {ratio:.2f}x one plain forward (<= 4)",
-    "consistency": ("  consistency  {shared_ms:8.1f} ms | {vs_greedy:.2f}x HF greedy generate (<= 2.5) | {vs_hf_k:.2f}x "
+    "consistency": ("  consistency  {shared_ms:8.1f} ms, up to {tokens} tokens | {vs_greedy:.2f}x HF greedy generate (<= 2.5) | {vs_hf_k:.2f}x "
                     "HF num_return_sequences={k} (<= 0.5) | greedy identical: {greedy_identical}"),
     "store": ("  store        {store_ms:8.1f} ms for {samples} samples | {ratio:.2f}x a bare batched plain forward "
               "(<= 1.3){with_workers}"),
@@ -250,6 +254,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--parts", nargs="+", default=parts, choices=parts)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--consistency-tokens", type=int, nargs="+", default=list(TOKENS),
+                        help="token budgets of the consistency part (one row each)")
     parser.add_argument("--samples", type=int, default=64, help="questions written by the store part")
     parser.add_argument("--store-workers", type=int, default=0,
                         help="also time write_store with this many input-processing processes")

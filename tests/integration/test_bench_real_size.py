@@ -26,6 +26,8 @@ def test_real_size_suite_runs_every_part_on_cpu(tmp_path, monkeypatch):
     assert parts == {(f, p) for f in ("llava", "paligemma", "qwen2_vl")
                      for p in ("model", "golden", "forward", "sweep", "atp", "consistency", "store")}
     assert len(out.read_text().splitlines()) == len(rows)  # written as they finished
+    budgets = sorted((r["family"], r["tokens"]) for r in rows if r["part"] == "consistency")
+    assert budgets == sorted((f, t) for f in ("llava", "paligemma", "qwen2_vl") for t in (3, 10))
     for row in rows:
         if row["part"] == "golden":  # fp32 CPU: no edit and a hand-written edit are bit-identical
             assert row["clean_max_abs"] == 0 and row["ablate_max_abs"] == 0

@@ -5,6 +5,7 @@ import torch
 
 from vlmlens.errors import DataError
 from vlmlens.testing import tiny_images, tiny_vlm
+from vlmlens.vrp import sampling
 from vlmlens.vrp.sampling import decode_shared, sample_top_p
 
 QUESTIONS = ["Is there a cat in the image?", "Is there a big red dog here in the picture or not?", "Dog?"]
@@ -31,6 +32,35 @@ def test_top_p_keeps_the_nucleus_and_maps_uniforms_through_its_cdf() -> None:
         sample_top_p(logits, u, temperature=0, top_p=0.9)
     with pytest.raises(DataError, match=r"top_p must be in \(0, 1\], got 1.5"):
         sample_top_p(logits, u, temperature=1.0, top_p=1.5)
+
+
+def _reference_top_p(logits: torch.Tensor, uniform: torch.Tensor, temperature: float, top_p: float) -> list[int]:
+    """The same draw by a full torch sort of every row, written out row by row."""
+    out = []
+    for row, u in zip(torch.softmax(logits.double() / temperature, -1), uniform.double()):
+        probs, order = row.sort(descending=True)
+        mass, kept = 0.0, []
+        for p in probs.tolist():
+            if mass >= top_p:
+                break
+            kept.append(p)
+            mass += p
+        cdf = torch.tensor(kept, dtype=torch.float64).cumsum(0)
+        out.append(int(order[min(int((cdf <= u * cdf[-1]).sum()), len(kept) - 1)]))
+    return out
+
+
+@pytest.mark.parametrize("scale", [8.0, 0.05])  # peaked: the nucleus lies in the top 64; spread: it does not
+def test_top_p_equals_a_full_sort_whether_or_not_the_nucleus_is_small(scale: float) -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(40, 3000, generator=gen) * scale
+    u = torch.rand(40, generator=gen)
+    probs = torch.softmax(logits.double() / 0.7, -1).sort(-1, descending=True).values
+    small = bool((probs[:, : sampling.NUCLEUS_CANDIDATES].sum(-1) >= 0.9).all())
+    assert small == (scale > 1)  # the two cases take the two paths
+    got = sample_top_p(logits, u, temperature=0.7, top_p=0.9).tolist()
+    assert got == _reference_top_p(logits, u, 0.7, 0.9)
+    assert len(set(got)) > 10  # the uniforms reach into the nucleus, not only its top token
 
 
 def test_greedy_row_equals_generate_on_a_padded_batch(model_and_batch) -> None:
