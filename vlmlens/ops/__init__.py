@@ -50,7 +50,7 @@ from vlmlens.ops.patching import (
 )
 from vlmlens.ops.positions import ImagePatches
 from vlmlens.ops.sae import Splice, sae_features
-from vlmlens.ops.ray_store import RayStoreConfig, write_store_ray
+from vlmlens.ops.ray_store import RayConfig, RayStoreConfig, write_store_ray
 from vlmlens.ops.store import ActivationStore, StoreInfo, write_store
 from vlmlens.ops.sweep import repeat_batch, sweep
 
@@ -86,6 +86,7 @@ __all__ = [
     "StoreInfo",
     "write_store",
     "write_store_ray",
+    "RayConfig",
     "RayStoreConfig",
     "Metric",
     "PatchingResult",

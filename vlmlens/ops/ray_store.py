@@ -1,18 +1,18 @@
 """The activation store, data-parallel on Ray: one HookedVLM replica per actor.
 
-:func:`write_store_ray` splits a dataset into ``workers`` contiguous blocks of items and has
-one Ray actor per block write it with :func:`~vlmlens.ops.write_store` into its own part
-folder (``part-00``, ``part-01``, ...) of the output folder. When every part is complete
-it writes the output folder's ``manifest.json`` listing the parts' shards in dataset
-order, so :class:`~vlmlens.ops.ActivationStore` reads the whole store as if one process
-had written it: the same rows in the same order.
+:func:`write_store_ray` splits a dataset into ``workers`` contiguous blocks of items; Ray
+actors (:class:`~vlmlens.ray_pool.ActorPool`, one per block, or as many as the cluster holds
+at once) each write a block with :func:`~vlmlens.ops.write_store` into its own part folder
+(``part-00``, ``part-01``, ...) of the output folder. When every part is complete it writes
+the output folder's ``manifest.json`` listing the parts' shards in dataset order, so
+:class:`~vlmlens.ops.ActivationStore` reads the whole store as if one process had written
+it: the same rows in the same order.
 
 Nothing is lost or written twice when something dies:
 
 * each part is an ordinary resumable store (shards and manifest written atomically);
-* an actor that dies (a crash, ``ray.kill``, a lost node) is replaced, up to
-  ``max_restarts`` times per part, and the new actor resumes the part after its last
-  complete shard;
+* a part whose actor dies (a crash, ``ray.kill``, a lost node) goes to a fresh actor, up to
+  ``max_restarts`` times, which resumes it after its last complete shard;
 * a driver that dies leaves the parts as they were; the same call run again resumes every
   part and then writes the merged manifest.
 
@@ -35,9 +35,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +52,10 @@ from vlmlens.ops.store import (
     write_json,
     write_store,
 )
+from vlmlens.ray_pool import ActorPool, RayConfig, import_ray, ray_session
 from vlmlens.sites import Site
 
-__all__ = ["RayStoreConfig", "write_store_ray"]
+__all__ = ["RayConfig", "RayStoreConfig", "write_store_ray"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,34 +66,8 @@ PLAN = "ray_plan.json"
 """The item order and blocks of a Ray store, written by its first run."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class RayStoreConfig:
-    """How the work is spread.
-
-    Attributes:
-        workers: actors, each holding one model replica and writing one block of items.
-        gpus_per_worker: GPUs Ray reserves per actor (1 on a GPU machine; 0 on CPU).
-        cpus_per_worker: CPUs Ray reserves per actor.
-        threads: torch threads in each actor (``None``: torch's default).
-        max_restarts: times a part's actor may be replaced after it dies, before the call fails.
-    """
-
-    workers: int = 2
-    gpus_per_worker: float = 0.0
-    cpus_per_worker: float = 1.0
-    threads: int | None = 1
-    max_restarts: int = 2
-
-    def __post_init__(self) -> None:
-        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
-            raise InputError(f"RayStoreConfig.workers must be an int >= 1, got {self.workers!r}")
-        if self.gpus_per_worker < 0 or self.cpus_per_worker < 0:
-            raise InputError(f"RayStoreConfig needs gpus_per_worker and cpus_per_worker >= 0, got "
-                             f"{self.gpus_per_worker} and {self.cpus_per_worker}")
-        if self.threads is not None and self.threads < 1:
-            raise InputError(f"RayStoreConfig.threads must be >= 1 or None, got {self.threads}")
-        if self.max_restarts < 0:
-            raise InputError(f"RayStoreConfig.max_restarts must be >= 0, got {self.max_restarts}")
+RayStoreConfig = RayConfig
+"""The name this config had before the VRP ran on Ray too (:class:`vlmlens.ray_pool.RayConfig`)."""
 
 
 class _Block:
@@ -108,18 +81,9 @@ class _Block:
         return self.dataset.image(item)
 
 
-class _Writer:
-    """A Ray actor's body: one model replica, writing blocks into part stores."""
-
-    def __init__(self, model_factory: Callable[[], Any], threads: int | None) -> None:
-        import torch
-
-        if threads is not None:
-            torch.set_num_threads(threads)
-        self.model = model_factory()
-
-    def write(self, dataset: Any, start: int, stop: int, out: str, options: dict[str, Any]) -> None:
-        write_store(self.model, _Block(dataset, start, stop), out, progress=False, resume=True, **options)
+def _write_part(model: Any, start: int, stop: int, out: str, *, dataset: Any, options: dict[str, Any]) -> None:
+    """An actor's task: write items ``start:stop`` into the part store ``out`` (resuming it)."""
+    write_store(model, _Block(dataset, start, stop), out, progress=False, resume=True, **options)
 
 
 def _plan(out: Path, ids: list[int], workers: int) -> list[tuple[int, int]]:
@@ -160,7 +124,7 @@ def write_store_ray(
     dtype: Any = None,
     workers: int = 0,
     resume: bool = True,
-    config: RayStoreConfig | None = None,
+    config: RayConfig | None = None,
 ) -> StoreInfo:
     """:func:`~vlmlens.ops.write_store` spread over Ray actors (module docs).
 
@@ -173,7 +137,7 @@ def write_store_ray(
         workers: input-processing processes per actor (``write_store``'s ``workers``).
         resume: continue the Ray store in ``out_dir``; with ``False`` its parts, plan and
             manifest are deleted first (and the items may be split anew).
-        config: workers and their resources (:class:`RayStoreConfig`).
+        config: workers and their resources (:class:`~vlmlens.ray_pool.RayConfig`).
 
     Returns:
         A :class:`~vlmlens.ops.StoreInfo` of the merged store (``new_rows``: rows this call wrote).
@@ -183,11 +147,8 @@ def write_store_ray(
         DataError: a part holds a store written with other settings, or a part's actor died
             more than ``max_restarts`` times.
     """
-    try:
-        import ray
-    except ImportError:
-        raise InputError("write_store_ray needs Ray: pip install 'vlmlens[ray]'") from None
-    config = config or RayStoreConfig()
+    ray = import_ray("write_store_ray")
+    config = config or RayConfig()
     if sites is None:
         raise InputError("write_store_ray needs sites=...: a name, a list, or a predicate on Site")
     items = checked_items(dataset)  # refuses repeated question ids, as write_store does
@@ -205,16 +166,10 @@ def write_store_ray(
     blocks = _plan(out, [item.question_id for item in items], config.workers)
     before = sum(read_manifest(out / PART.format(i))["n_rows"] for i in range(len(blocks))
                  if (out / PART.format(i) / MANIFEST).exists())
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=max(1, math.ceil(len(blocks) * config.cpus_per_worker)), include_dashboard=False,
-                 log_to_driver=False)
-    try:
-        _check_resources(ray, config)
-        _run(ray, model_factory, dataset, blocks, out, options, config)
-    finally:
-        if started:
-            ray.shutdown()
+    tasks = [(PART.format(i), (start, stop, str(out / PART.format(i)))) for i, (start, stop) in enumerate(blocks)]
+    with ray_session(ray, len(blocks), config) as actors, ActorPool(ray, model_factory, config, size=actors) as pool:
+        for _ in pool.map(_write_part, tasks, {"dataset": dataset, "options": options}):
+            pass
     return _merge(out, len(blocks), before)
 
 
@@ -225,59 +180,6 @@ def _delete(out: Path) -> None:
             delete_store(part, read_manifest(part))
     for name in (PLAN, MANIFEST):
         (out / name).unlink(missing_ok=True)
-
-
-def _check_resources(ray: Any, config: RayStoreConfig) -> None:
-    """Refuse an actor the cluster can never place (Ray would wait for it forever)."""
-    have = ray.cluster_resources()
-    for name, need in (("CPU", config.cpus_per_worker), ("GPU", config.gpus_per_worker)):
-        if need > have.get(name, 0):
-            raise InputError(f"each actor asks for {need} {name}s but the Ray cluster has {have.get(name, 0)}; "
-                             f"lower {name.lower()}s_per_worker or start Ray with more")
-
-
-def _run(ray: Any, model_factory: Callable[[], Any], dataset: Any, blocks: list[tuple[int, int]], out: Path,
-         options: dict[str, Any], config: RayStoreConfig) -> None:
-    """Run every block on its own actor, replacing actors that die."""
-    actor_class = ray.remote(num_cpus=config.cpus_per_worker, num_gpus=config.gpus_per_worker)(_Writer)
-    data = ray.put(dataset)
-    deaths = [0] * len(blocks)
-
-    def launch(part: int) -> Any:
-        actor = actor_class.remote(model_factory, config.threads)
-        start, stop = blocks[part]
-        return actor, actor.write.remote(data, start, stop, str(out / PART.format(part)), options)
-
-    running: dict[Any, tuple[int, Any]] = {}
-    try:
-        for part in range(len(blocks)):
-            actor, ref = launch(part)
-            running[ref] = (part, actor)
-        while running:
-            (ref,), _ = ray.wait(list(running), num_returns=1)
-            part, actor = running.pop(ref)
-            died = None
-            try:
-                ray.get(ref)
-            except ray.exceptions.RayActorError as err:
-                died = err
-            finally:
-                # Done or dead: free its resources; before any replacement, so that an actor that
-                # was only unreachable cannot write beside it.
-                ray.kill(actor)
-            if died is None:
-                continue
-            deaths[part] += 1
-            if deaths[part] > config.max_restarts:
-                raise DataError(f"the actor writing {PART.format(part)} of {out} died {deaths[part]} times "
-                                f"(max_restarts={config.max_restarts}); the last: {died}. The completed shards "
-                                "are kept: run the same call again to resume")
-            logger.warning("the actor writing %s died (%s); resuming it on a new actor", PART.format(part), died)
-            actor, ref = launch(part)  # a fresh actor resumes the part after its last complete shard
-            running[ref] = (part, actor)
-    finally:
-        for _, actor in running.values():  # after a failure: stop the others (their shards stay)
-            ray.kill(actor)
 
 
 def _merge(out: Path, n_parts: int, before: int) -> StoreInfo:

@@ -42,6 +42,8 @@ from vlmlens.vrp.stats import (
 
 _LAZY = {
     "run": "vlmlens.vrp.runner",
+    "run_ray": "vlmlens.vrp.runner",
+    "RayConfig": "vlmlens.ray_pool",
     "VRPResult": "vlmlens.vrp.runner",
     "VRPConfig": "vlmlens.vrp.config",
     "MaskingConfig": "vlmlens.vrp.config",
@@ -72,6 +74,7 @@ __all__ = [
     "McNemar",
     "ProbeConfig",
     "ProbeResult",
+    "RayConfig",
     "VRPConfig",
     "VRPResult",
     "aggregate_attention",
@@ -93,6 +96,7 @@ __all__ = [
     "rank_dimensions",
     "rank_dimensions_l1",
     "run",
+    "run_ray",
     "spatial_entropy",
     "token_confidence",
     "train_probe",

@@ -34,10 +34,10 @@ from sklearn.preprocessing import StandardScaler
 from vlmlens.circuits.probe import l1_path
 from vlmlens.errors import DataError, InputError
 from vlmlens.ops import Ablate, sweep
-from vlmlens.progress import progress_bar
 from vlmlens.sites import Point, Site, Tower
+from vlmlens.vrp.batches import as_batches
 from vlmlens.vrp.config import AblationConfig, DestructionConfig, LayerChoice, VRPConfig
-from vlmlens.vrp.pipeline import AnswerTokens, batches_of
+from vlmlens.vrp.pipeline import AnswerTokens, answer_tokens, batches_of
 from vlmlens.vrp.stats import (
     McNemar,
     PairedDifference,
@@ -260,17 +260,27 @@ def run_interventions(model: Any, dataset: Any, config: VRPConfig, store: Sample
     todo = [(i, chunk) for i, chunk in batches if i not in done]
     if not todo:
         return store
-    tokens = AnswerTokens.of(model)
+    runner = as_batches(model)
     names, conditions = plan_interventions(plan, config)
-    for index, chunk in progress_bar(todo, desc=f"VRP {name}: ablations", unit="batch", progress=progress):
-        batch = model.prepare([dataset.image(item) for item in chunk], [item.text for item in chunk], suffix=config.suffix)
-        logits = sweep(model, batch, conditions, chunk_size=max(1, 128 // len(chunk)), last=True)  # 16 x 8: fastest
-        rows = [{"question_id": item.question_id, "batch": index} for item in chunk]
-        for column, condition_logits in zip(names, logits):
-            for row, item, answer in zip(rows, chunk, tokens.first_answers(condition_logits)):
-                row[column] = int(answer == item.label)
+    shared = {"dataset": dataset, "config": config, "tokens": runner.call(answer_tokens), "names": names,
+              "conditions": conditions}
+    for index, rows in runner.map(_interventions_task, todo, shared, desc=f"VRP {name}: ablations",
+                                  progress=progress):
         store.append("interventions", index, rows)
     return store
+
+
+def _interventions_task(model: Any, index: int, chunk: Sequence[Any], *, dataset: Any, config: VRPConfig,
+                        tokens: AnswerTokens, names: Sequence[str], conditions: Sequence[list[Ablate]]
+                        ) -> list[dict[str, Any]]:
+    """One batch of the ablation pass: the first-token correctness under every condition."""
+    batch = model.prepare([dataset.image(item) for item in chunk], [item.text for item in chunk], suffix=config.suffix)
+    logits = sweep(model, batch, conditions, chunk_size=max(1, 128 // len(chunk)), last=True)  # 16 x 8: fastest
+    rows = [{"question_id": item.question_id, "batch": index} for item in chunk]
+    for column, condition_logits in zip(names, logits):
+        for row, item, answer in zip(rows, chunk, tokens.first_answers(condition_logits)):
+            row[column] = int(answer == item.label)
+    return rows
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from vlmlens.errors import DataError
-from vlmlens.progress import progress_bar
+from vlmlens.vrp.batches import as_batches
 from vlmlens.vrp.config import VRPConfig
 from vlmlens.vrp.store import SampleStore
 
@@ -129,27 +129,36 @@ def run_identification(model: Any, dataset: Any, config: VRPConfig, store: Sampl
     batches = image_batches(dataset.items, config.batch_size)
     done = store.done_batches("identify", {i: len(chunk) for i, chunk in batches})
     todo = [(i, chunk) for i, chunk in batches if i not in done]
-    conditions = dict(zip(*plan_interventions({"conditions": _conditions(plan, config.ablation.k)}, config)))
-    vocabulary = sorted({item.object_name for item in dataset.items})
-    tokens = config.identify.max_new_tokens
-    for index, chunk in progress_bar(todo, desc=f"VRP {name}: identification", unit="batch", progress=progress):
-        images = list(dict.fromkeys(item.image for item in chunk))  # one prompt per image, in order
-        at = {image: i for i, image in enumerate(images)}
-        first = {item.image: item for item in reversed(chunk)}
-        batch = model.prepare([dataset.image(first[image]) for image in images], [IDENTIFY_QUESTION] * len(images))
-        texts = {"clean": model.generate(batch, tokens).texts}
-        for condition, edit in conditions.items():
-            texts[condition] = model.generate(batch, tokens, interventions=edit).texts
-        rows = []
-        for item in chunk:
-            row: dict[str, Any] = {"question_id": item.question_id, "batch": index}
-            for condition, answers in texts.items():
-                answer = answers[at[item.image]].strip()
-                row[text_column(condition)] = answer
-                row[correct_column(condition)] = int(named(answer, item.object_name, vocabulary) == (item.label == "yes"))
-            rows.append(row)
+    if not todo:
+        return store
+    shared = {"dataset": dataset, "tokens": config.identify.max_new_tokens,
+              "conditions": dict(zip(*plan_interventions({"conditions": _conditions(plan, config.ablation.k)}, config))),
+              "vocabulary": sorted({item.object_name for item in dataset.items})}
+    for index, rows in as_batches(model).map(_identify_task, todo, shared, desc=f"VRP {name}: identification",
+                                             progress=progress):
         store.append("identify", index, rows)
     return store
+
+
+def _identify_task(model: Any, index: int, chunk: Sequence[Any], *, dataset: Any, tokens: int,
+                   conditions: Mapping[str, list[Any]], vocabulary: Sequence[str]) -> list[dict[str, Any]]:
+    """One batch of the identification pass: each image's answer, clean and under every condition."""
+    images = list(dict.fromkeys(item.image for item in chunk))  # one prompt per image, in order
+    at = {image: i for i, image in enumerate(images)}
+    first = {item.image: item for item in reversed(chunk)}
+    batch = model.prepare([dataset.image(first[image]) for image in images], [IDENTIFY_QUESTION] * len(images))
+    texts = {"clean": model.generate(batch, tokens).texts}
+    for condition, edit in conditions.items():
+        texts[condition] = model.generate(batch, tokens, interventions=edit).texts
+    rows = []
+    for item in chunk:
+        row: dict[str, Any] = {"question_id": item.question_id, "batch": index}
+        for condition, answers in texts.items():
+            answer = answers[at[item.image]].strip()
+            row[text_column(condition)] = answer
+            row[correct_column(condition)] = int(named(answer, item.object_name, vocabulary) == (item.label == "yes"))
+        rows.append(row)
+    return rows
 
 
 def identification_result(table: pd.DataFrame, plan: Mapping[str, Any], config: VRPConfig, *,

@@ -24,6 +24,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,6 @@ from PIL import Image
 from vlmlens.data import parse_yes_no
 from vlmlens.errors import DataError, InputError
 from vlmlens.ops import MaskPixels, run_with_cache, sweep, top_patches
-from vlmlens.progress import progress_bar
 from vlmlens.sites import Point, Site, Tower
 from vlmlens.vrp.attention import (
     aggregate_attention,
@@ -43,13 +43,14 @@ from vlmlens.vrp.attention import (
     object_attention_mass,
     spatial_entropy,
 )
+from vlmlens.vrp.batches import as_batches
 from vlmlens.vrp.config import MaskingConfig, VRPConfig
 from vlmlens.vrp.consistency import consistency_score, token_confidence
 from vlmlens.vrp.margins import truth_margin, yes_no_margin
 from vlmlens.vrp.sampling import decode_shared
 from vlmlens.vrp.store import SampleStore
 
-__all__ = ["FEATURES", "MASKS", "AnswerTokens", "batches_of", "mask_column", "mask_columns", "measure_batch",
+__all__ = ["FEATURES", "MASKS", "AnswerTokens", "answer_tokens", "batches_of", "mask_column", "mask_columns", "measure_batch",
            "run_samples"]
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,11 @@ class AnswerTokens:
         """POPE answer of the argmax token of each sample's answer logits (``batch vocab``)."""
         tokens = logits.argmax(-1).numpy()
         return np.where(self.by_token[tokens] == 1, "yes", "no").tolist()
+
+
+def answer_tokens(model: Any) -> AnswerTokens:
+    """:meth:`AnswerTokens.of` as a module-level function (what a Ray actor is sent by name)."""
+    return AnswerTokens.of(model)
 
 
 def _per_layer_logits(model: Any, cache: Any) -> np.ndarray:
@@ -255,7 +261,7 @@ def run_samples(model: Any, dataset: Any, config: VRPConfig, store: SampleStore,
     """The per-sample pass over ``dataset``, appended batch by batch to ``store``.
 
     Args:
-        model: A HookedVLM.
+        model: A HookedVLM, or where the batches run (:mod:`vlmlens.vrp.batches`, e.g. on Ray).
         dataset: A :class:`vlmlens.data.PopeDataset` (SynthPOPE or POPE).
         config: The run's settings.
         store: Where rows and features go.
@@ -279,8 +285,16 @@ def run_samples(model: Any, dataset: Any, config: VRPConfig, store: SampleStore,
     todo = [(i, chunk) for i, chunk in batches if i not in done]
     if not todo:
         return store
-    tokens = AnswerTokens.of(model)
-    for index, chunk in progress_bar(todo, desc=f"VRP {name}: per-sample", unit="batch", progress=progress):
-        rows, arrays = measure_batch(model, dataset, chunk, config, tokens, index)
-        store.append("samples", index, rows, arrays)
+    runner = as_batches(model)
+    shared = {"dataset": dataset, "config": config, "tokens": runner.call(answer_tokens), "folder": store.folder}
+    for index, rows in runner.map(_samples_task, todo, shared, desc=f"VRP {name}: per-sample", progress=progress):
+        store.append("samples", index, rows)  # after the task wrote the batch's feature shard
     return store
+
+
+def _samples_task(model: Any, index: int, chunk: Sequence[Any], *, dataset: Any, config: VRPConfig,
+                  tokens: AnswerTokens, folder: Path) -> list[dict[str, Any]]:
+    """One batch of the per-sample pass: writes its feature shard, returns its rows."""
+    rows, arrays = measure_batch(model, dataset, chunk, config, tokens, index)
+    SampleStore(folder).write_shard(index, arrays)
+    return rows

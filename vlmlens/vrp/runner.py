@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import pandas as pd
 
 from vlmlens.data import pope_metrics
 from vlmlens.errors import DataError
+from vlmlens.ray_pool import ActorPool, RayConfig, import_ray, ray_session
 from vlmlens.vrp.ablation import (
     ablation_result,
     destruction_result,
@@ -40,12 +42,13 @@ from vlmlens.vrp.analysis import (
     probe_summary,
     to_jsonable,
 )
+from vlmlens.vrp.batches import LocalBatches, RayBatches, as_batches
 from vlmlens.vrp.config import VRPConfig
 from vlmlens.vrp.identify import identification_result, run_identification
 from vlmlens.vrp.pipeline import run_samples
 from vlmlens.vrp.store import SampleStore
 
-__all__ = ["VRPResult", "run"]
+__all__ = ["VRPResult", "run", "run_ray"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +120,7 @@ def _measure(model: Any, dataset: Any, config: VRPConfig, store: SampleStore, *,
             with other settings.
     """
     _check_settings(store, config)
+    model = as_batches(model)
     run_samples(model, dataset, config, store, resume=resume, name=name, progress=progress)
     qids = [item.question_id for item in dataset.items]
     frame = store.read("samples", qids)
@@ -124,7 +128,7 @@ def _measure(model: Any, dataset: Any, config: VRPConfig, store: SampleStore, *,
     probes = probe_summary(store, frame, config)
     margins = margin_summary(frame)
     out: dict[str, Any] = {
-        "family": model.family, "n_layers": model.n_layers, "d_model": model.d_model, "n": len(frame),
+        "family": model.info.family, "n_layers": model.info.n_layers, "d_model": model.info.d_model, "n": len(frame),
         "pope": metrics.to_dict(), "first_token_accuracy": float(frame["first_correct"].mean()),
         "attention": to_jsonable(attention_summary(frame, config)),
         "margins": to_jsonable(margins), "probes": probes.to_dict(),
@@ -142,7 +146,7 @@ def _measure(model: Any, dataset: Any, config: VRPConfig, store: SampleStore, *,
     return out, frame
 
 
-def _interventions(model: Any, dataset: Any, config: VRPConfig, store: SampleStore, frame: pd.DataFrame, *,
+def _interventions(model: LocalBatches | RayBatches, dataset: Any, config: VRPConfig, store: SampleStore, frame: pd.DataFrame, *,
                    name: str, best_probe: int | None, peak_visual: int,
                    progress: bool | None = None) -> tuple[dict[str, Any], pd.DataFrame | None]:
     phases = ("ablation", "destruction", *(("identification",) if config.identify.enabled else ()))
@@ -153,7 +157,7 @@ def _interventions(model: Any, dataset: Any, config: VRPConfig, store: SampleSto
         why = (f"undefined: needs both correct and wrong greedy answers with enough of each for the probes "
                f"(got {int(correct.sum())} correct of {len(correct)})")
         return dict.fromkeys(phases, why), None
-    plan = make_plan(store, frame, config, best_probe=best_probe, peak_visual=peak_visual, n_layers=model.n_layers)
+    plan = make_plan(store, frame, config, best_probe=best_probe, peak_visual=peak_visual, n_layers=model.info.n_layers)
     stored = store.read_json("plan")
     if stored is not None and stored != to_jsonable(plan) and store.exists("interventions"):
         raise DataError(f"{store.folder / 'plan.json'} was made with other settings or data than this run; "
@@ -208,6 +212,47 @@ def run(model: Any, dataset: Any, config: VRPConfig | None = None, *, out: Path 
     """
     config = VRPConfig() if config is None else config
     name = name or model.family
+    return _in_store(model, dataset, config, out, name, resume, progress)
+
+
+def run_ray(model_factory: Callable[[], Any], dataset: Any, config: VRPConfig | None = None, *,
+            out: Path | str | None = None, name: str | None = None, resume: bool = False,
+            progress: bool | None = None, ray: RayConfig | None = None) -> VRPResult:
+    """:func:`run` with the per-batch passes spread over Ray actors, one model replica each.
+
+    The actors take the batches of each pass (per-sample measurements, ablations,
+    identification) as they become free; each batch's feature shard is written by its
+    actor, its rows by this process as it arrives, so the store, and every number computed
+    from it, is the one :func:`run` writes. An actor that dies is replaced and its batch run
+    again; a killed call resumes with ``resume=True`` from the finished batches. The analysis
+    between and after the passes runs here, without a model.
+
+    Args:
+        model_factory: Builds the HookedVLM inside each actor (picklable, no arguments, e.g.
+            ``functools.partial(HookedVLM.from_pretrained, "toy-llava")``).
+        dataset: As for :func:`run`; pickled to the actors once per pass.
+        config, out, name, resume, progress: As for :func:`run` (``name`` defaults to the family).
+        ray: Actors and their resources (:class:`~vlmlens.ray_pool.RayConfig`; default 2 CPU actors).
+
+    Returns:
+        A :class:`VRPResult`.
+
+    Raises:
+        InputError: if Ray is not installed, or an actor asks for more than the cluster has.
+        DataError: as for :func:`run`, or if a batch's actor died more than ``max_restarts`` times.
+    """
+    config = VRPConfig() if config is None else config
+    ray_config = ray or RayConfig()
+    module = import_ray("vlmlens.vrp.run_ray")
+    with (ray_session(module, ray_config.workers, ray_config) as actors,
+          ActorPool(module, model_factory, ray_config, size=actors) as pool):
+        model = RayBatches(pool)
+        return _in_store(model, dataset, config, out, name or model.info.family, resume, progress)
+
+
+def _in_store(model: Any, dataset: Any, config: VRPConfig, out: Path | str | None, name: str, resume: bool,
+              progress: bool | None) -> VRPResult:
+    """Run into ``out``, or into a temporary folder deleted after."""
     if out is None:
         with tempfile.TemporaryDirectory(prefix="vrp-") as tmp:
             return _run(model, dataset, config, SampleStore(Path(tmp)), name, resume, keep=False, progress=progress)

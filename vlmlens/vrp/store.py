@@ -96,11 +96,7 @@ class SampleStore:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         if arrays is not None:
-            shard = self.shard_path(batch)
-            shard.parent.mkdir(exist_ok=True)
-            tmp = shard.with_name(shard.stem + ".tmp.npz")
-            np.savez(tmp, **arrays)
-            os.replace(tmp, shard)
+            self.write_shard(batch, arrays)
         path = self.table_path(table)
         fields = list(rows[0])
         header = None
@@ -141,6 +137,15 @@ class SampleStore:
     def shard_path(self, batch: int) -> Path:
         """Path of one batch's feature shard."""
         return self.folder / "features" / f"batch_{batch:05d}.npz"
+
+    def write_shard(self, batch: int, arrays: Mapping[str, np.ndarray]) -> None:
+        """Write one batch's feature shard atomically (a batch counts as done only once its
+        rows follow, so a shard is safe to write again)."""
+        shard = self.shard_path(batch)
+        shard.parent.mkdir(parents=True, exist_ok=True)
+        tmp = shard.with_name(shard.stem + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, shard)
 
     def features(self, name: str, question_ids: Sequence[int]) -> np.ndarray:
         """Stack feature ``name`` of the given questions, in their order.
