@@ -3,6 +3,7 @@ killed actor and a killed driver."""
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import os
@@ -20,6 +21,7 @@ import torch
 from vlmlens import vrp
 from vlmlens.data import synth_pope
 from vlmlens.testing import tiny_vlm
+from vlmlens.vrp.cli import reproduce
 from vlmlens.vrp.store import SampleStore
 
 pytestmark = pytest.mark.slow
@@ -153,3 +155,16 @@ def test_a_killed_driver_resumes_with_nothing_lost_or_repeated(cluster, data, re
     assert 0 < kept < len(data)
     result = vrp.run_ray(FACTORY, data, CONFIG, out=out, name="tiny", resume=True, ray=vrp.RayConfig(workers=2))
     _same(result, reference)
+
+
+def test_the_reproduce_command_on_ray_writes_the_single_process_results(cluster, tmp_path, monkeypatch):
+    def args(out, **extra):
+        return argparse.Namespace(models=["tiny-llava"], quick=False, n=2, split="adversarial", pope=None,
+                                  images=None, out=out, resume=False, batch_size=4, seed=0, resamples=50,
+                                  threads=1, no_report=True, **extra)
+
+    single = reproduce(args(tmp_path / "single"))
+    monkeypatch.setattr(vrp.runner, "run", None)  # the Ray path must not run a model in this process
+    spread = reproduce(args(tmp_path / "ray", ray_workers=2))
+    assert json.dumps(spread, sort_keys=True) == json.dumps(single, sort_keys=True)
+    assert spread["models"]["tiny-llava"]["n"] == 12

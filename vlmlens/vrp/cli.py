@@ -9,6 +9,7 @@ tables and feature shards, which ``--resume`` continues).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -60,6 +61,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="also score the neuron ablation on object identification (the paper's readout): each image "
                         "is asked 'What objects are in the image?', clean and under each reported-k ablation")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
+    p.add_argument("--ray-workers", type=int, default=None,
+                   help="spread each model's batches over this many Ray actors, one model replica each "
+                        "(pip install 'vlmlens[ray]'; --threads torch threads per actor)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0,
+                   help="GPUs each Ray actor reserves (1 for one GPU per actor; default 0)")
     add_model_arguments(p)
     return p
 
@@ -158,9 +164,11 @@ def reproduce(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from vlmlens.cli import load_model
+    from vlmlens.ray_pool import RayConfig
     from vlmlens.vrp.analysis import to_jsonable
     from vlmlens.vrp.headline import summary_markdown
     from vlmlens.vrp.runner import run as run_vrp
+    from vlmlens.vrp.runner import run_ray as run_vrp_ray
 
     threads = getattr(args, "threads", None)
     if threads:
@@ -178,10 +186,15 @@ def reproduce(args: argparse.Namespace) -> dict[str, Any]:
     for name in args.models:
         start = time.perf_counter()
         folder = args.out / name.replace("/", "__")
-        model = load_model(name, dtype=getattr(args, "dtype", None), device=getattr(args, "device", None),
-                           device_map=getattr(args, "device_map", None))
+        loader = functools.partial(load_model, name, dtype=getattr(args, "dtype", None),
+                                   device=getattr(args, "device", None), device_map=getattr(args, "device_map", None))
         resume = args.resume or not (folder / "samples.csv").exists()
-        result = run_vrp(model, dataset, config, out=folder, name=name, resume=resume)
+        workers = getattr(args, "ray_workers", None)
+        if workers:
+            ray = RayConfig(workers=workers, gpus_per_worker=getattr(args, "gpus_per_worker", 0.0), threads=threads)
+            result = run_vrp_ray(loader, dataset, config, out=folder, name=name, resume=resume, ray=ray)
+        else:
+            result = run_vrp(loader(), dataset, config, out=folder, name=name, resume=resume)
         results["models"][name] = result.results
         frames[name] = result.samples.drop(columns=["attention_map"]).copy().assign(model=name)  # copy: one block per dtype
         datasets[name] = dataset
