@@ -110,6 +110,11 @@ NUCLEUS_CANDIDATES = 64
 row's mass (a trained model's next-token distribution usually does), the nucleus lies among
 them and the full-vocabulary sort is skipped."""
 
+CPU_SORT_BELOW = 2048
+"""On the CPU, vocabularies up to this size are sorted outright: NumPy sorts such rows about
+as fast as ``torch.topk`` selects the candidates from them (80 rows of 1,356 tokens: 2.5 vs
+2.3 ms; of 204 tokens: 0.14 vs 0.74 ms)."""
+
 
 def _most_probable(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's probabilities in descending order with their token ids, at least down to
@@ -117,11 +122,13 @@ def _most_probable(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, tor
     when they suffice for every row, else the whole vocabulary (sorted by NumPy on the CPU,
     where its sort is several times faster than torch's). Tied tokens come in an unspecified
     but deterministic order."""
-    candidates = min(NUCLEUS_CANDIDATES, probs.shape[-1])
-    top, order = probs.topk(candidates, dim=-1)
-    if candidates == probs.shape[-1] or bool((top.cumsum(-1)[:, -1] >= top_p).all()):
-        return top, order
-    if probs.device.type == "cpu":
+    cpu = probs.device.type == "cpu"
+    if not (cpu and probs.shape[-1] <= CPU_SORT_BELOW):
+        candidates = min(NUCLEUS_CANDIDATES, probs.shape[-1])
+        top, order = probs.topk(candidates, dim=-1)
+        if candidates == probs.shape[-1] or bool((top.cumsum(-1)[:, -1] >= top_p).all()):
+            return top, order
+    if cpu:
         order = torch.from_numpy(np.argsort(-probs.numpy(), axis=-1))
         return probs.gather(-1, order), order
     return probs.sort(dim=-1, descending=True)

@@ -50,10 +50,12 @@ def _reference_top_p(logits: torch.Tensor, uniform: torch.Tensor, temperature: f
     return out
 
 
+@pytest.mark.parametrize("vocab", [3000, 300])  # above and below CPU_SORT_BELOW
 @pytest.mark.parametrize("scale", [8.0, 0.05])  # peaked: the nucleus lies in the top 64; spread: it does not
-def test_top_p_equals_a_full_sort_whether_or_not_the_nucleus_is_small(scale: float) -> None:
+def test_top_p_equals_a_full_sort_whether_or_not_the_nucleus_is_small(scale: float, vocab: int) -> None:
+    assert (vocab > sampling.CPU_SORT_BELOW) == (vocab == 3000)
     gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(40, 3000, generator=gen) * scale
+    logits = torch.randn(40, vocab, generator=gen) * scale
     u = torch.rand(40, generator=gen)
     probs = torch.softmax(logits.double() / 0.7, -1).sort(-1, descending=True).values
     small = bool((probs[:, : sampling.NUCLEUS_CANDIDATES].sum(-1) >= 0.9).all())
