@@ -55,6 +55,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p_eval.add_argument("--seed", type=int, default=0, help="SynthPOPE seed of the test set")
     p_eval.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
+    p_card = sub.add_parser("card", help="where a zoo model's answer forms: logit-lens margins, MLP zeroing per block")
+    p_card.add_argument("model", help="zoo name (e.g. toy-llava) or checkpoint folder")
+    p_card.add_argument("--split", default="adversarial", choices=["adversarial", "popular", "random"])
+    p_card.add_argument("--n-images", type=int, default=100, help="test images (6 questions each)")
+    p_card.add_argument("--seed", type=int, default=0, help="SynthPOPE seed of the test set")
+    p_card.add_argument("--json", action="store_true", help="print the measurements as JSON")
+
     parser.set_defaults(func=run)
     return parser
 
@@ -75,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
             return _train(args)
         if args.zoo_command == "eval":
             return _eval(args)
+        if args.zoo_command == "card":
+            return _card(args)
     except VLMLensError as exc:
         print(f"error: {exc}")
         return 2
@@ -117,6 +126,14 @@ def _eval(args: argparse.Namespace) -> int:
         print(json.dumps({"model": args.model, "split": args.split, **metrics.to_dict()}, indent=2))
     else:
         print(f"{args.model} {args.split}: {metrics}")
+    return 0
+
+
+def _card(args: argparse.Namespace) -> int:
+    from vlmlens.zoo.card import layer_profile
+
+    profile = layer_profile(args.model, args.split, n_images=args.n_images, seed=args.seed)
+    print(json.dumps(profile.to_dict(), indent=2) if args.json else profile.to_markdown())
     return 0
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
 from vlmlens.data import (
+    PopeDataset,
     PopeMetrics,
     SynthConfig,
     parse_yes_no,
@@ -84,6 +85,15 @@ def answer(
     return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
 
 
+def eval_questions(folder: Path, split: Split, n_images: int, seed: int, *, synth: SynthConfig | None = None) -> PopeDataset:
+    """The SynthPOPE questions a zoo checkpoint is tested on: ``synth``'s knobs, by default
+    those it was trained with (its ``zoo.json``), else the SynthPOPE defaults."""
+    if synth is None:
+        knobs = read_meta(folder).get("eval_synth")
+        synth = SynthConfig.from_dict(knobs) if knobs else SynthConfig()
+    return synth_pope(split, config=dataclasses.replace(synth, n_images=n_images, seed=seed))
+
+
 def evaluate(
     name_or_path: str | Path,
     split: Split,
@@ -116,10 +126,7 @@ def evaluate(
     """
     folder = resolve(name_or_path)
     model, processor = load_pretrained(folder)
-    if synth is None:
-        knobs = read_meta(folder).get("eval_synth")
-        synth = SynthConfig.from_dict(knobs) if knobs else SynthConfig()
-    ds = synth_pope(split, config=dataclasses.replace(synth, n_images=n_images, seed=seed))
+    ds = eval_questions(folder, split, n_images, seed, synth=synth)
     predictions: list[str] = []
     items = list(ds.items)
     cache: dict[str, Image.Image] = {}
