@@ -48,22 +48,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="zoo recipe: 1 = the shipped toys, 2 = the fusion experiment (vlmlens.zoo.fusion)",
     )
 
-    p_eval = sub.add_parser("eval", help="POPE metrics of a zoo model on a SynthPOPE split")
-    p_eval.add_argument("model", help="zoo name (e.g. toy-llava) or checkpoint folder")
-    p_eval.add_argument("--split", default="adversarial", choices=["adversarial", "popular", "random"])
-    p_eval.add_argument("--n-images", type=int, default=500, help="test images (6 questions each)")
-    p_eval.add_argument("--seed", type=int, default=0, help="SynthPOPE seed of the test set")
-    p_eval.add_argument("--json", action="store_true", help="print the metrics as JSON")
-
-    p_card = sub.add_parser("card", help="where a zoo model's answer forms: logit-lens margins, MLP zeroing per block")
-    p_card.add_argument("model", help="zoo name (e.g. toy-llava) or checkpoint folder")
-    p_card.add_argument("--split", default="adversarial", choices=["adversarial", "popular", "random"])
-    p_card.add_argument("--n-images", type=int, default=100, help="test images (6 questions each)")
-    p_card.add_argument("--seed", type=int, default=0, help="SynthPOPE seed of the test set")
-    p_card.add_argument("--json", action="store_true", help="print the measurements as JSON")
+    _test_arguments(sub.add_parser("eval", help="POPE metrics of a zoo model on a SynthPOPE split"), 500)
+    _test_arguments(sub.add_parser("card", help="where a zoo model's answer forms: logit-lens margins, MLP "
+                                               "zeroing per block"), 100)
 
     parser.set_defaults(func=run)
     return parser
+
+
+def _test_arguments(p: argparse.ArgumentParser, n_images: int) -> None:
+    """The model and its SynthPOPE test questions, for the commands that measure a checkpoint."""
+    p.add_argument("model", help="zoo name (e.g. toy-llava) or checkpoint folder")
+    p.add_argument("--split", default="adversarial", choices=["adversarial", "popular", "random"])
+    p.add_argument("--n-images", type=int, default=n_images, help=f"test images (6 questions each; default {n_images})")
+    p.add_argument("--seed", type=int, default=0, help="SynthPOPE seed of the test set")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
