@@ -2,8 +2,9 @@
 
 Each VRP pass (per-sample measurements, ablations, identification) is a list of fixed
 batches and a task ``fn(model, index, chunk, **shared)`` that measures one batch and
-returns its rows (a module-level function, so that it reaches Ray actors by name); the driver appends the rows to the run's store as each batch finishes,
-so a run killed anywhere resumes from its finished batches. :class:`LocalBatches` runs the
+returns its rows (a module-level function, so that it reaches Ray actors by name); the
+driver appends the rows to the run's store as each batch finishes, so a run killed anywhere
+resumes from its finished batches. :class:`LocalBatches` runs the
 tasks in order on one model; :class:`RayBatches` runs them on a pool of actors, one model
 replica each (:mod:`vlmlens.ray_pool`), in whatever order they finish: the store reads
 rows back by question id, so the tables are the same either way.
@@ -31,7 +32,6 @@ class ModelInfo:
     family: str
     n_layers: int
     d_model: int
-
 
 
 def model_info(model: Any) -> ModelInfo:

@@ -146,7 +146,8 @@ def _measure(model: Any, dataset: Any, config: VRPConfig, store: SampleStore, *,
     return out, frame
 
 
-def _interventions(model: LocalBatches | RayBatches, dataset: Any, config: VRPConfig, store: SampleStore, frame: pd.DataFrame, *,
+def _interventions(model: LocalBatches | RayBatches, dataset: Any, config: VRPConfig, store: SampleStore,
+                   frame: pd.DataFrame, *,
                    name: str, best_probe: int | None, peak_visual: int,
                    progress: bool | None = None) -> tuple[dict[str, Any], pd.DataFrame | None]:
     phases = ("ablation", "destruction", *(("identification",) if config.identify.enabled else ()))
@@ -195,7 +196,7 @@ def run(model: Any, dataset: Any, config: VRPConfig | None = None, *, out: Path 
     """Every VRP measurement of ``model`` on ``dataset``.
 
     Args:
-        model: A HookedVLM.
+        model: A HookedVLM (or a :class:`~vlmlens.vrp.batches.RayBatches`; :func:`run_ray` builds one).
         dataset: A :class:`vlmlens.data.PopeDataset` (e.g. ``synth_pope("adversarial", 100)``).
         config: Settings (default ``VRPConfig()``).
         out: Folder for the per-sample store; ``None`` uses a temporary folder, deleted after.
@@ -211,8 +212,8 @@ def run(model: Any, dataset: Any, config: VRPConfig | None = None, *, out: Path 
         DataError: on an empty dataset, or an existing store without ``resume``.
     """
     config = VRPConfig() if config is None else config
-    name = name or model.family
-    return _in_store(model, dataset, config, out, name, resume, progress)
+    model = as_batches(model)
+    return _in_store(model, dataset, config, out, name or model.info.family, resume, progress)
 
 
 def run_ray(model_factory: Callable[[], Any], dataset: Any, config: VRPConfig | None = None, *,
