@@ -15,7 +15,9 @@ MODULES = [
     "vlmlens.vrp.pooling",
     "vlmlens.vrp.probes",
     "vlmlens.vrp.splits",
-    "vlmlens.vrp.stats",
+    "vlmlens.vrp.stats.base",
+    "vlmlens.vrp.stats.correlation",
+    "vlmlens.vrp.stats.paired",
 ]
 
 
