@@ -74,7 +74,7 @@ def ray_session(ray: ModuleType, actors: int, config: RayConfig) -> Iterator[int
     A running Ray instance is used as it is; otherwise a local one with CPUs for ``actors``
     actors is started and shut down afterwards. An actor that could never be placed is
     refused up front, and a pool is capped at what fits (an actor waiting for resources that
-    idle actors hold would wait forever).
+    idle actors hold, or other jobs on the cluster, would wait forever).
 
     Raises:
         InputError: if one actor asks for more CPUs or GPUs than the cluster has.
@@ -84,14 +84,14 @@ def ray_session(ray: ModuleType, actors: int, config: RayConfig) -> Iterator[int
         ray.init(num_cpus=max(1, math.ceil(actors * config.cpus_per_worker)), include_dashboard=False,
                  log_to_driver=False)
     try:
-        have = ray.cluster_resources()
+        have, free = ray.cluster_resources(), ray.available_resources()
         fit = actors
         for name, need in (("CPU", config.cpus_per_worker), ("GPU", config.gpus_per_worker)):
             if need > have.get(name, 0):
                 raise InputError(f"each actor asks for {need} {name}s but the Ray cluster has {have.get(name, 0)}; "
                                  f"lower {name.lower()}s_per_worker or start Ray with more")
-            if need > 0:
-                fit = min(fit, int(have[name] // need))
+            if need > 0:  # what is free now (other jobs may hold some); at least one actor, which waits if it must
+                fit = min(fit, max(1, int(free.get(name, 0) / need + 1e-9)))
         if fit < actors:
             logger.warning("the Ray cluster holds %d of the %d actors asked for at once; running %d", fit, actors, fit)
         yield fit
@@ -145,7 +145,8 @@ class ActorPool:
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(model, *args)`` on one actor (e.g. to read the model's shape or tokenizer)."""
-        return next(self.map(fn, [(None, args)]))[1]
+        ((_, result),) = self.map(fn, [(None, args)])
+        return result
 
     def map(self, fn: Callable[..., Any], tasks: Sequence[tuple[Hashable, Sequence[Any]]],
             shared: Mapping[str, Any] | None = None) -> Iterator[tuple[Hashable, Any]]:
@@ -161,6 +162,8 @@ class ActorPool:
             Exception: whatever ``fn`` raised, at once (the other actors' tasks are abandoned).
         """
         ray = self.ray
+        if not self.actors:
+            raise InputError("this ActorPool has no actors (it was closed); make a new one")
         shared_ref = ray.put(dict(shared or {}))
         queue = list(reversed(tasks))  # popped from the end: tasks start in the given order
         deaths: dict[Hashable, int] = {}
@@ -173,24 +176,29 @@ class ActorPool:
                 running[self.actors[slot].run.remote(fn, shared_ref, list(args))] = (slot, key, args)
 
         submit()
-        while running:
-            (ref,), _ = ray.wait(list(running), num_returns=1)
-            slot, key, args = running.pop(ref)
-            try:
-                result = ray.get(ref)
-            except ray.exceptions.RayActorError as err:
-                # Dead or unreachable: kill it before any replacement, so that an actor that was only
-                # unreachable cannot go on writing beside the task's new run.
+        try:
+            while running:
+                (ref,), _ = ray.wait(list(running), num_returns=1)
+                slot, key, args = running.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayActorError as err:
+                    # Dead or unreachable: kill it before any replacement, so that an actor that was only
+                    # unreachable cannot go on writing beside the task's new run.
+                    ray.kill(self.actors[slot])
+                    self.actors[slot] = self._new()
+                    deaths[key] = deaths.get(key, 0) + 1
+                    if deaths[key] > self.config.max_restarts:
+                        raise DataError(f"the actor running task {key!r} died {deaths[key]} times "
+                                        f"(max_restarts={self.config.max_restarts}); the last: {err}. The finished "
+                                        "work is kept: run the same call again to resume") from None
+                    logger.warning("the actor running task %r died (%s); running it again on a new actor", key, err)
+                    queue.append((key, args))
+                else:
+                    yield key, result
+                idle.append(slot)
+                submit()
+        finally:
+            for slot, *_ in running.values():  # abandoned (an error, or the caller stopped early): a fresh actor
                 ray.kill(self.actors[slot])
                 self.actors[slot] = self._new()
-                deaths[key] = deaths.get(key, 0) + 1
-                if deaths[key] > self.config.max_restarts:
-                    raise DataError(f"the actor running task {key!r} died {deaths[key]} times "
-                                    f"(max_restarts={self.config.max_restarts}); the last: {err}. The finished "
-                                    "work is kept: run the same call again to resume") from None
-                logger.warning("the actor running task %r died (%s); running it again on a new actor", key, err)
-                queue.append((key, args))
-            else:
-                yield key, result
-            idle.append(slot)
-            submit()

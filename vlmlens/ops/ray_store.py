@@ -154,7 +154,7 @@ def write_store_ray(
     items = checked_items(dataset)  # refuses repeated question ids, as write_store does
     if not items:
         raise InputError("write_store_ray got an empty dataset: there is nothing to store")
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # the actors' part folders: an absolute path (on a shared filesystem)
     out.mkdir(parents=True, exist_ok=True)
     if (out / MANIFEST).exists() and "parts" not in read_manifest(out):
         raise DataError(f"{out} holds a store written by write_store in one process; extend it with write_store, "

@@ -64,8 +64,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--ray-workers", type=int, default=None,
                    help="spread each model's batches over this many Ray actors, one model replica each "
                         "(pip install 'vlmlens[ray]'; --threads torch threads per actor)")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0,
-                   help="GPUs each Ray actor reserves (1 for one GPU per actor; default 0)")
+    p.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="GPUs each Ray actor reserves (default: 1 with --device cuda, else 0)")
     add_model_arguments(p)
     return p
 
@@ -191,7 +191,10 @@ def reproduce(args: argparse.Namespace) -> dict[str, Any]:
         resume = args.resume or not (folder / "samples.csv").exists()
         workers = getattr(args, "ray_workers", None)
         if workers:
-            ray = RayConfig(workers=workers, gpus_per_worker=getattr(args, "gpus_per_worker", 0.0), threads=threads)
+            gpus = getattr(args, "gpus_per_worker", None)
+            cuda = str(getattr(args, "device", None) or "").startswith("cuda")
+            ray = RayConfig(workers=workers, gpus_per_worker=(1.0 if cuda else 0.0) if gpus is None else gpus,
+                            cpus_per_worker=threads or 1, threads=threads or None)
             result = run_vrp_ray(loader, dataset, config, out=folder, name=name, resume=resume, ray=ray)
         else:
             result = run_vrp(loader(), dataset, config, out=folder, name=name, resume=resume)

@@ -286,7 +286,8 @@ def run_samples(model: Any, dataset: Any, config: VRPConfig, store: SampleStore,
     if not todo:
         return store
     runner = as_batches(model)
-    shared = {"dataset": dataset, "config": config, "tokens": runner.call(answer_tokens), "folder": store.folder}
+    shared = {"dataset": dataset, "config": config, "tokens": runner.call(answer_tokens),
+              "folder": store.folder.resolve()}  # actors may run elsewhere: an absolute path (a shared filesystem)
     for index, rows in runner.map(_samples_task, todo, shared, desc=f"VRP {name}: per-sample", progress=progress):
         store.append("samples", index, rows)  # after the task wrote the batch's feature shard
     return store

@@ -129,7 +129,7 @@ def _most_probable(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, tor
         if candidates == probs.shape[-1] or bool((top.cumsum(-1)[:, -1] >= top_p).all()):
             return top, order
     if cpu:
-        order = torch.from_numpy(np.argsort(-probs.numpy(), axis=-1))
+        order = torch.from_numpy(np.argsort(-probs.detach().numpy(), axis=-1))
         return probs.gather(-1, order), order
     return probs.sort(dim=-1, descending=True)
 

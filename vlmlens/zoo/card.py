@@ -3,10 +3,12 @@
 :func:`layer_profile` runs a zoo checkpoint on a SynthPOPE split and measures, at the last
 prompt position (where the answer is read):
 
-* the **logit-lens truth margin** after each text block (the logit of the correct answer
-  minus the wrong one's, each the max over its single-token spellings, unembedded through
-  the real final norm), with the real image and with a blank grey one; the
-  **peak visual layer** is where the image adds most margin (``vrp.margins``);
+* the **logit-lens answer margin** after each text block: the yes/no margin (max logit over
+  the single-token spellings of "yes" minus that over "no", unembedded through the real
+  final norm) signed towards the correct answer, with the real image and with a blank grey
+  one; the **peak visual layer** is where the image adds most of it
+  (:func:`~vlmlens.vrp.margins.peak_visual_layer` of these margins). This is not the VRP's
+  truth margin, which sets the correct answer against every other token of the vocabulary.
 * the **effect of zeroing each block's MLP output** (at every position): the first-token
   accuracy and the share of answers that flip, with a 95% bootstrap CI over images.
 
@@ -49,8 +51,9 @@ class LayerProfile:
         n_questions: Questions measured (6 per image).
         seed: SynthPOPE seed of the test scenes.
         accuracy: First-token accuracy, nothing edited.
-        truth_margin: Mean logit-lens truth margin after each block, real image.
-        truth_margin_blank: The same with a blank grey image.
+        answer_margin: Mean logit-lens answer margin (correct minus wrong answer) after each
+            block, real image.
+        answer_margin_blank: The same with a blank grey image.
         peak_visual_layer: The block after which the image adds most margin.
         mlp_zero_accuracy: First-token accuracy with one block's MLP output zeroed.
         mlp_zero_flips: Share of first-token answers that change when it is zeroed.
@@ -62,8 +65,8 @@ class LayerProfile:
     n_questions: int
     seed: int
     accuracy: float
-    truth_margin: tuple[float, ...]
-    truth_margin_blank: tuple[float, ...]
+    answer_margin: tuple[float, ...]
+    answer_margin_blank: tuple[float, ...]
     peak_visual_layer: int
     mlp_zero_accuracy: tuple[float, ...]
     mlp_zero_flips: tuple[float, ...]
@@ -78,10 +81,10 @@ class LayerProfile:
             (f"{self.model} on SynthPOPE {self.split} ({self.n_questions} questions, scenes seed {self.seed}): "
              f"first-token accuracy {self.accuracy:.3f}; peak visual layer {self.peak_visual_layer}"),
             "",
-            "| block | truth margin, image | blank image | MLP output zeroed: accuracy | answers flipped (95% CI) |",
+            "| block | answer margin, image | blank image | MLP output zeroed: accuracy | answers flipped (95% CI) |",
             "|---|---|---|---|---|",
         ]
-        for layer, row in enumerate(zip(self.truth_margin, self.truth_margin_blank, self.mlp_zero_accuracy,
+        for layer, row in enumerate(zip(self.answer_margin, self.answer_margin_blank, self.mlp_zero_accuracy,
                                         self.mlp_zero_flips, self.mlp_zero_flips_ci, strict=True)):
             real, blank, acc, flips, (lo, hi) = row
             lines.append(f"| {layer} | {real:+.2f} | {blank:+.2f} | {acc:.3f} | {flips:.3f} ({lo:.3f}-{hi:.3f}) |")
@@ -140,7 +143,7 @@ def layer_profile(name_or_path: str | Path, split: Split = "adversarial", n_imag
     return LayerProfile(
         model=str(name_or_path), split=split, n_questions=len(labels), seed=seed,
         accuracy=float((before == labels).mean()),
-        truth_margin=tuple(real.mean(0).tolist()), truth_margin_blank=tuple(blank.mean(0).tolist()),
+        answer_margin=tuple(real.mean(0).tolist()), answer_margin_blank=tuple(blank.mean(0).tolist()),
         peak_visual_layer=peak_visual_layer(real, blank),
         mlp_zero_accuracy=tuple((after == labels).mean(1).tolist()),
         mlp_zero_flips=tuple(flips.mean(1).tolist()),

@@ -62,6 +62,7 @@ def test_top_p_equals_a_full_sort_whether_or_not_the_nucleus_is_small(scale: flo
     assert small == (scale > 1)  # the two cases take the two paths
     got = sample_top_p(logits, u, temperature=0.7, top_p=0.9).tolist()
     assert got == _reference_top_p(logits, u, 0.7, 0.9)
+    assert sample_top_p(logits.clone().requires_grad_(True), u, temperature=0.7, top_p=0.9).tolist() == got
     assert len(set(got)) > 10  # the uniforms reach into the nucleus, not only its top token
 
 

@@ -46,7 +46,7 @@ def test_the_profile_equals_hand_computations(profile):
     # The lens after the last block is the model's own output: its margin is the logits' margin.
     sign = torch.tensor([1.0 if lab == "yes" else -1.0 for lab in labels])
     final = (logits[:, list(tokens.yes)].amax(-1) - logits[:, list(tokens.no)].amax(-1)) * sign
-    assert profile.truth_margin[-1] == pytest.approx(float(final.mean()), abs=1e-5)
+    assert profile.answer_margin[-1] == pytest.approx(float(final.mean()), abs=1e-5)
     for layer in range(model.n_layers):
         zeroed, _ = answers(layer)
         assert profile.mlp_zero_flips[layer] == pytest.approx((zeroed != clean).mean())
@@ -54,7 +54,7 @@ def test_the_profile_equals_hand_computations(profile):
         lo, hi = profile.mlp_zero_flips_ci[layer]
         assert lo <= profile.mlp_zero_flips[layer] <= hi
     assert any(profile.mlp_zero_flips)  # some block's MLP matters: the check above can fail
-    gain = np.array(profile.truth_margin) - np.array(profile.truth_margin_blank)
+    gain = np.array(profile.answer_margin) - np.array(profile.answer_margin_blank)
     assert profile.peak_visual_layer == int(np.argmax(gain))
 
 
@@ -64,4 +64,4 @@ def test_the_card_command_prints_one_row_per_block(profile, capsys):
     assert main(["card", "toy-llava", "--n-images", "2"]) == 0
     out = capsys.readouterr().out
     assert "peak visual layer" in out
-    assert sum(line.startswith("| ") and line[2].isdigit() for line in out.splitlines()) == len(profile.truth_margin)
+    assert sum(line.startswith("| ") and line[2].isdigit() for line in out.splitlines()) == len(profile.answer_margin)
