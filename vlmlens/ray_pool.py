@@ -73,8 +73,9 @@ def ray_session(ray: ModuleType, actors: int, config: RayConfig) -> Iterator[int
 
     A running Ray instance is used as it is; otherwise a local one with CPUs for ``actors``
     actors is started and shut down afterwards. An actor that could never be placed is
-    refused up front, and a pool is capped at what fits (an actor waiting for resources that
-    idle actors hold, or other jobs on the cluster, would wait forever).
+    refused up front, and a pool is capped at what the cluster holds (an actor waiting for
+    resources that the pool's own idle actors hold would wait forever). Actors wait, as Ray's
+    do, for resources that other jobs on a shared cluster hold.
 
     Raises:
         InputError: if one actor asks for more CPUs or GPUs than the cluster has.
@@ -84,14 +85,14 @@ def ray_session(ray: ModuleType, actors: int, config: RayConfig) -> Iterator[int
         ray.init(num_cpus=max(1, math.ceil(actors * config.cpus_per_worker)), include_dashboard=False,
                  log_to_driver=False)
     try:
-        have, free = ray.cluster_resources(), ray.available_resources()
+        have = ray.cluster_resources()
         fit = actors
         for name, need in (("CPU", config.cpus_per_worker), ("GPU", config.gpus_per_worker)):
             if need > have.get(name, 0):
                 raise InputError(f"each actor asks for {need} {name}s but the Ray cluster has {have.get(name, 0)}; "
                                  f"lower {name.lower()}s_per_worker or start Ray with more")
-            if need > 0:  # what is free now (other jobs may hold some); at least one actor, which waits if it must
-                fit = min(fit, max(1, int(free.get(name, 0) / need + 1e-9)))
+            if need > 0:  # the cluster's total, not what is free now (a pool just closed frees its share late)
+                fit = min(fit, int(have[name] / need + 1e-9))
         if fit < actors:
             logger.warning("the Ray cluster holds %d of the %d actors asked for at once; running %d", fit, actors, fit)
         yield fit
