@@ -50,8 +50,8 @@ from vlmlens.vrp.margins import truth_margin, yes_no_margin
 from vlmlens.vrp.sampling import decode_shared
 from vlmlens.vrp.store import SampleStore
 
-__all__ = ["FEATURES", "MASKS", "AnswerTokens", "answer_tokens", "batches_of", "mask_column", "mask_columns", "measure_batch",
-           "run_samples"]
+__all__ = ["FEATURES", "MASKS", "AnswerTokens", "answer_tokens", "batches_of", "mask_column", "mask_columns",
+           "measure_batch", "per_layer_logits", "run_samples"]
 
 logger = logging.getLogger(__name__)
 MASKS = ("top", "bottom", "random")
@@ -138,7 +138,7 @@ def answer_tokens(model: Any) -> AnswerTokens:
     return AnswerTokens.of(model)
 
 
-def _per_layer_logits(model: Any, cache: Any) -> np.ndarray:
+def per_layer_logits(model: Any, cache: Any) -> np.ndarray:
     """Logit lens at the cached last positions: ``batch layer vocab`` (final norm applied once)."""
     resid = cache.stack(Point.RESID_POST)  # layer batch d_model
     with torch.no_grad():
@@ -207,8 +207,8 @@ def measure_batch(model: Any, dataset: Any, chunk: Sequence[Any], config: VRPCon
     logits, cache = run_with_cache(model, batch, sites=sites, positions="last", last=True)
     blank = model.prepare([Image.new("RGB", im.size, (128, 128, 128)) for im in images], questions, suffix=config.suffix)
     _, blank_cache = run_with_cache(model, blank, sites=feature_sites["resid"], positions="last", last=True)
-    yes_no, truth = _margins(_per_layer_logits(model, cache), tokens, labels)
-    yes_no_blank, truth_blank = _margins(_per_layer_logits(model, blank_cache), tokens, labels)
+    yes_no, truth = _margins(per_layer_logits(model, cache), tokens, labels)
+    yes_no_blank, truth_blank = _margins(per_layer_logits(model, blank_cache), tokens, labels)
     first = tokens.first_answers(logits)
     layers = list(attention_layers(config.attention_layers, n_layers, model.family))
     sweep_layers = {column: list(attention_layers(choice, n_layers, model.family))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -253,15 +253,11 @@ def run_ray(model_factory: Callable[[], Any], dataset: Any, config: VRPConfig | 
 
 def _in_store(model: Any, dataset: Any, config: VRPConfig, out: Path | str | None, name: str, resume: bool,
               progress: bool | None) -> VRPResult:
-    """Run into ``out``, or into a temporary folder deleted after."""
+    """Run into ``out``, or into a temporary folder deleted after (then the result has no folder)."""
     if out is None:
         with tempfile.TemporaryDirectory(prefix="vrp-") as tmp:
-            return _run(model, dataset, config, SampleStore(Path(tmp)), name, resume, keep=False, progress=progress)
-    return _run(model, dataset, config, SampleStore(Path(out)), name, resume, keep=True, progress=progress)
-
-
-def _run(model: Any, dataset: Any, config: VRPConfig, store: SampleStore, name: str, resume: bool,
-         keep: bool, progress: bool | None) -> VRPResult:
+            return replace(_in_store(model, dataset, config, tmp, name, resume, progress), folder=None)
+    store = SampleStore(Path(out))
     results, samples = _measure(model, dataset, config, store, name=name, resume=resume, progress=progress)
-    return VRPResult(name=name, results=results, samples=samples, config=config,
-                     folder=store.folder if keep else None, dataset=dataset)
+    return VRPResult(name=name, results=results, samples=samples, config=config, folder=store.folder,
+                     dataset=dataset)

@@ -25,14 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from vlmlens.data.pope import Split
-from vlmlens.ops import Ablate, logit_lens, sweep
+from vlmlens.ops import Ablate, run_with_cache, sweep
 from vlmlens.sites import Point, Site, Tower
-from vlmlens.vrp.margins import peak_visual_layer
-from vlmlens.vrp.pipeline import AnswerTokens, batches_of
+from vlmlens.vrp.margins import peak_visual_layer, yes_no_margin
+from vlmlens.vrp.pipeline import AnswerTokens, batches_of, per_layer_logits
 from vlmlens.vrp.stats import bootstrap_ci
 from vlmlens.zoo.errors import ZooError
 from vlmlens.zoo.evaluate import eval_questions
@@ -115,23 +114,20 @@ def layer_profile(name_or_path: str | Path, split: Split = "adversarial", n_imag
     model = HookedVLM.from_hf(*load_pretrained(folder))
     dataset = eval_questions(folder, split, n_images, seed)
     tokens = AnswerTokens.of(model)
-    spellings = [*tokens.yes, *tokens.no]
     n = model.n_layers
+    resid = [Site(Tower.TEXT, Point.RESID_POST, layer) for layer in range(n)]
     zeroed = [[Ablate(site=Site(Tower.TEXT, Point.MLP_OUT, layer))] for layer in range(n)]
     margins, blanks, clean, edited = [], [], [], []
     for _, chunk in batches_of(dataset.items, batch_size):
         images = [dataset.image(item) for item in chunk]
         questions = [item.text for item in chunk]
-        sign = torch.tensor([1.0 if item.label == "yes" else -1.0 for item in chunk])
-        for pictures, out in ((images, margins), ([Image.new("RGB", im.size, (128, 128, 128)) for im in images],
-                                                   blanks)):
-            lens = logit_lens(model, model.prepare(pictures, questions), tokens=spellings, layers=range(1, n + 1))
-            values = lens.logits[:, :, -1]  # block batch spelling, at the last position
-            yes_no = values[..., : len(tokens.yes)].amax(-1) - values[..., len(tokens.yes):].amax(-1)
-            out.append((yes_no * sign).T)  # batch block
+        sign = np.array([1.0 if item.label == "yes" else -1.0 for item in chunk])[:, None]
         batch = model.prepare(images, questions)
-        with torch.no_grad():
-            logits = model.hf_model(**batch.inputs).logits[:, -1].float().cpu()
+        blank = model.prepare([Image.new("RGB", im.size, (128, 128, 128)) for im in images], questions)
+        logits, cache = run_with_cache(model, batch, sites=resid, positions="last", last=True)
+        _, blank_cache = run_with_cache(model, blank, sites=resid, positions="last", last=True)
+        for layered, out in ((cache, margins), (blank_cache, blanks)):  # batch block, signed towards the truth
+            out.append(yes_no_margin(per_layer_logits(model, layered), tokens.yes, tokens.no) * sign)
         clean.append(tokens.first_answers(logits))
         edited.append([tokens.first_answers(c) for c in sweep(model, batch, zeroed, last=True)])
     labels = np.array([item.label for item in dataset.items])
@@ -139,7 +135,7 @@ def layer_profile(name_or_path: str | Path, split: Split = "adversarial", n_imag
     after = np.stack([np.concatenate([batch[layer] for batch in edited]) for layer in range(n)])  # block question
     groups = np.array([item.image for item in dataset.items])
     flips = after != before
-    real, blank = torch.cat(margins).numpy(), torch.cat(blanks).numpy()
+    real, blank = np.concatenate(margins), np.concatenate(blanks)
     return LayerProfile(
         model=str(name_or_path), split=split, n_questions=len(labels), seed=seed,
         accuracy=float((before == labels).mean()),
