@@ -15,6 +15,7 @@ the clean image, < 0 on the corrupt one; a patching experiment needs an effect t
 explain), until N pairs per toy. ``--all-pairs`` keeps every pair instead.
 
     python bench/atp_agreement.py [--pairs 20] [--ig-steps 8] [--models toy-llava toy-paligemma toy-qwen2vl]
+    python bench/atp_agreement.py --skip-nodes --receivers heads   # edges into each head's q / k / v
 
 Also prints, per family, how redundant the residual effects are: the sum over positions
 of the single-position exact effects at layer 0, divided by the whole effect (clean minus
@@ -69,6 +70,8 @@ def main() -> None:
     parser.add_argument("--edges", type=int, default=10, help="top EAP edges per pair checked by exact edge patching")
     parser.add_argument("--edge-pairs", type=int, default=5, help="pairs for the edge check")
     parser.add_argument("--skip-nodes", action="store_true", help="only the edge check")
+    parser.add_argument("--receivers", choices=["blocks", "heads"], default="blocks",
+                        help="edge receivers: attention blocks, or each head's query, key and value")
     parser.add_argument("--ig-steps", type=int, default=8, help="integrated-gradient steps of the IG variants")
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
@@ -118,7 +121,8 @@ def main() -> None:
             if used < args.edge_pairs:
                 exact_edges = {}
                 for key, steps in edge_kinds.items():
-                    edges = attribute_edges(model, clean, corrupt, metric, ig_steps=steps)
+                    edges = attribute_edges(model, clean, corrupt, metric, ig_steps=steps,
+                                            receivers=args.receivers)
                     for edge, score in edges.top(args.edges):
                         if edge not in exact_edges:
                             exact_edges[edge] = patch_edge(model, clean, corrupt, metric, edge) - edges.corrupt_metric
@@ -138,7 +142,7 @@ def main() -> None:
             if score:
                 r = float(np.corrcoef(score, exact)[0, 1])
                 same = float(np.mean(np.sign(score) == np.sign(exact)))
-                print(f"{name:14s} {key} top-{args.edges} edges x {min(used, args.edge_pairs)} pairs vs exact edge "
+                print(f"{name:14s} {key} ({args.receivers}) top-{args.edges} edges x {min(used, args.edge_pairs)} pairs vs exact edge "
                       f"patching: Pearson r={r:.3f}, same sign {same:.2f}")
 
 

@@ -1,22 +1,30 @@
 """Edge attribution patching (EAP) and exact edge patching, between text-tower components.
 
 Circuits are edges. An edge ``u -> v`` runs from a component that writes the residual
-stream (``embed``, a head ``L{l}H{h}``, an MLP ``L{l}MLP``) to a component that reads it
-(the attention block of a later layer, ``L{l}ATTN``; the MLP of the same or a later layer,
-``L{l}MLP``; the unembedding, ``LOGITS``). Patching the edge gives ``v`` the clean
-output of ``u`` while everything else sees the corrupt run; EAP estimates every edge at
-once, to first order, as
+stream (``embed``, a head ``L{l}H{h}``, an MLP ``L{l}MLP``) to a component that reads it.
+Readers come at two grains (``receivers=``):
+
+- ``"blocks"``: the attention block of a later layer (``L{l}ATTN``), the MLP of the same or
+  a later layer (``L{l}MLP``) and the unembedding (``LOGITS``);
+- ``"heads"``: the attention block split into what each head reads: the query of query
+  head ``h`` (``L{l}H{h}Q``) and the key and value of key-value head ``g`` (``L{l}KV{g}K``,
+  ``L{l}KV{g}V``; with grouped-query attention ``g`` is shared by several query heads, with
+  plain multi-head attention ``g`` is head ``g``), plus ``L{l}MLP`` and ``LOGITS``.
+
+Patching the edge gives ``v`` the clean output of ``u`` while everything else sees the
+corrupt run; EAP estimates every edge at once, to first order, as
 
     (u's clean write - u's corrupt write) . d metric / d (v's input)   (at the corrupt run)
 
-where ``v``'s input is the residual as ``v`` alone reads it (the input of its norm), so the
-gradient runs through ``v`` only. Writes are the parts of :func:`~vlmlens.ops.decompose_resid`
-and :func:`~vlmlens.ops.stack_head_results` (Gemma-2 heads frozen through their
-post-attention norm). :func:`patch_edge` runs the exact patch of one edge, to check the top
-estimates.
+where ``v``'s input is the residual as ``v`` alone reads it (the input of its norm; for a
+head's query, key or value, the norm's input as that head's projection alone reads it), so
+the gradient runs through ``v`` only. Writes are the parts of
+:func:`~vlmlens.ops.decompose_resid` and :func:`~vlmlens.ops.stack_head_results` (Gemma-2
+heads frozen through their post-attention norm). :func:`patch_edge` runs the exact patch of
+one edge, to check the top estimates.
 
 Examples:
-    >>> edges = attribute_edges(model, clean, corrupt, metric)
+    >>> edges = attribute_edges(model, clean, corrupt, metric, receivers="heads")
     >>> for edge, score in edges.top(5):
     ...     exact = patch_edge(model, clean, corrupt, metric, edge)
 """
@@ -24,10 +32,11 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, no_type_check
+from typing import Any, Literal, no_type_check
 
 import torch
 from jaxtyping import Float
@@ -35,10 +44,14 @@ from torch import Tensor
 
 from vlmlens.errors import InputError
 from vlmlens.inputs import Batch
+from vlmlens.ops.logit_attribution import _in_memory
 from vlmlens.ops.patching import _check_layouts, _scalar
 from vlmlens.sites import Point, Site, Tower
 
 __all__ = ["EdgeScores", "attribute_edges", "patch_edge"]
+
+Grain = Literal["blocks", "heads"]
+_HEAD_RECEIVER = re.compile(r"L(\d+)(?:H(\d+)Q|KV(\d+)([KV]))$")
 
 
 @dataclass(frozen=True)
@@ -50,7 +63,8 @@ class EdgeScores:
     Attributes:
         scores: ``sender receiver`` on the metric's scale (estimated change of the metric).
         senders: ``embed``, ``L{l}H{h}``, ``L{l}MLP``.
-        receivers: ``L{l}ATTN``, ``L{l}MLP``, ``LOGITS``.
+        receivers: ``L{l}ATTN`` (or, per head, ``L{l}H{h}Q``, ``L{l}KV{g}K``, ``L{l}KV{g}V``),
+            ``L{l}MLP``, ``LOGITS``.
         corrupt_metric: the metric on the corrupt run.
         clean_metric: the metric on the clean run.
     """
@@ -72,7 +86,7 @@ class EdgeScores:
 
 
 def _layer_of(name: str) -> int:
-    """The layer in a component name (``L3H2``, ``L3MLP``, ``L3ATTN``); ``embed`` is before layer 0."""
+    """The layer in a component name (``L3H2``, ``L3MLP``, ``L3ATTN``, ``L3KV0K``); ``embed`` is before layer 0."""
     return -1 if name == "embed" else int(re.match(r"L(\d+)", name).group(1))
 
 
@@ -85,22 +99,55 @@ def _precedes(sender: str, receiver: str) -> bool:
     return s < r
 
 
-def _receivers(model: Any) -> list[str]:
-    names = [f"L{l}{kind}" for l in range(model.n_layers) for kind in ("ATTN", "MLP")]
+def _receivers(model: Any, grain: str) -> list[str]:
+    if grain not in ("blocks", "heads"):
+        raise InputError(f"receivers must be 'blocks' or 'heads', got {grain!r}")
+    names = []
+    for l in range(model.n_layers):
+        if grain == "heads":
+            names += [f"L{l}H{h}Q" for h in range(model.n_heads)]
+            names += [f"L{l}KV{g}{kind}" for kind in "KV" for g in range(model.n_kv_heads)]
+        else:
+            names.append(f"L{l}ATTN")
+        names.append(f"L{l}MLP")
     return [*names, "LOGITS"]
 
 
+def _head_receiver(name: str) -> tuple[int, str, int] | None:
+    """``(layer, projection part, head)`` of a per-head receiver; ``None`` for a block-level one."""
+    match = _HEAD_RECEIVER.match(name)
+    if match is None:
+        return None
+    layer, query, kv, kind = match.groups()
+    return (int(layer), "q_proj", int(query)) if query is not None else (int(layer), f"{kind.lower()}_proj", int(kv))
+
+
+def _head_rows(model: Any, part: str, head: int, width: int) -> slice:
+    """The output features of one head in a ``part`` projection with ``width`` outputs."""
+    size = width // (model.n_heads if part == "q_proj" else model.n_kv_heads)
+    return slice(head * size, (head + 1) * size)
+
+
 def _reader(model: Any, receiver: str) -> torch.nn.Module:
-    """The norm module whose input is the residual as ``receiver`` alone reads it."""
+    """The norm module whose input is the residual as ``receiver`` reads it (a head: with the other heads)."""
     if receiver == "LOGITS":
         return model.final_norm
-    part = "attn_norm" if receiver.endswith("ATTN") else "mlp_norm"
+    part = "mlp_norm" if receiver.endswith("MLP") else "attn_norm"
     return model.block_module(Tower.TEXT, _layer_of(receiver), part)
 
 
 @contextlib.contextmanager
+def _hooked(handles: list[Any]) -> Iterator[None]:
+    """Remove the hooks behind ``handles`` when the block ends."""
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _reading(modules: dict[str, torch.nn.Module], seen: dict[str, Tensor],
-             add: dict[str, Tensor] | None = None) -> Iterator[None]:
+             add: dict[str, Tensor] | None = None) -> contextlib.AbstractContextManager:
     """Give each reader its own copy of its input (recorded in ``seen``; ``add`` added to it)."""
 
     def hook_for(name: str):
@@ -114,12 +161,19 @@ def _reading(modules: dict[str, torch.nn.Module], seen: dict[str, Tensor],
 
         return hook
 
-    handles = [m.register_forward_pre_hook(hook_for(name)) for name, m in modules.items()]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    return _hooked([m.register_forward_pre_hook(hook_for(name)) for name, m in modules.items()])
+
+
+def _recording(modules: dict[Any, torch.nn.Module], outputs: dict[Any, Tensor]) -> contextlib.AbstractContextManager:
+    """Record each module's output under its key."""
+
+    def hook_for(key: Any):
+        def hook(module: torch.nn.Module, args: tuple, output: Tensor) -> None:
+            outputs[key] = output
+
+        return hook
+
+    return _hooked([m.register_forward_hook(hook_for(key)) for key, m in modules.items()])
 
 
 def _writes(model: Any, batch: Batch) -> tuple[dict[str, Tensor], Tensor, Tensor]:
@@ -139,28 +193,66 @@ def _writes(model: Any, batch: Batch) -> tuple[dict[str, Tensor], Tensor, Tensor
     return writes, logits, cache[sites[1]]
 
 
+def _head_grads(model: Any, heads: dict[str, tuple[int, str, int]], inputs: dict[str, Tensor],
+                projected: dict[tuple[int, str], Tensor | None]) -> Iterator[tuple[str, Tensor | None]]:
+    """d metric / d (the attention norm's input as one head's projection alone reads it), per head receiver.
+
+    With ``x`` the norm's input and ``g`` the metric's gradient at the projection's output,
+    that is ``J_norm(x)^T W_h^T g_h`` (``W_h``, ``g_h``: the head's rows): the head's share of
+    the block's input gradient, which is the sum over all heads' queries, keys and values.
+    """
+    for layer in sorted({layer for layer, _, _ in heads.values()}):
+        leaf = inputs[f"L{layer}ATTN"].detach().float().requires_grad_(True)
+        with torch.enable_grad():
+            normed = model.block_module(Tower.TEXT, layer, "attn_norm")(leaf)
+        for name, (at, part, head) in heads.items():
+            if at != layer:
+                continue
+            grad = projected[(layer, part)]
+            if grad is None:  # the metric does not depend on this projection
+                yield name, None
+                continue
+            weight = _in_memory(model.block_module(Tower.TEXT, layer, part).weight, f"the text {part} of layer {layer}")
+            rows = _head_rows(model, part, head, weight.shape[0])
+            back = grad[..., rows].float() @ weight[rows].float().to(grad.device)
+            yield name, torch.autograd.grad(normed, leaf, back.to(normed.dtype), retain_graph=True)[0]
+
+
 def _receiver_grads(model: Any, corrupt: Batch, metric: Any, receivers: list[str],
-                    interventions: list[Any]) -> tuple[list[Tensor | None], float]:
-    """d metric / d (each receiver's own input) on the corrupt batch, and the metric's value."""
+                    interventions: list[Any]) -> tuple[Iterator[tuple[str, Tensor | None]], float]:
+    """d metric / d (each receiver's own input) on the corrupt batch, one receiver at a time, and the metric."""
     from vlmlens.ops.interventions import applied
 
-    readers = {name: _reader(model, name) for name in receivers}
+    heads = {name: found for name in receivers if (found := _head_receiver(name)) is not None}
+    plain = [name for name in receivers if name not in heads]
+    layers = sorted({layer for layer, _, _ in heads.values()})
+    readers = {name: _reader(model, name) for name in plain} | {f"L{l}ATTN": _reader(model, f"L{l}ATTN") for l in layers}
+    projections = {(l, part): model.block_module(Tower.TEXT, l, part) for l in layers
+                   for part in ("q_proj", "k_proj", "v_proj")}
     seen: dict[str, Tensor] = {}
-    with torch.enable_grad(), applied(model, interventions, corrupt.layout), _reading(readers, seen):
+    outputs: dict[tuple[int, str], Tensor] = {}
+    with (torch.enable_grad(), applied(model, interventions, corrupt.layout), _reading(readers, seen),
+          _recording(projections, outputs)):
         logits = model.hf_model(**corrupt.inputs).logits
         value = torch.as_tensor(metric(logits, corrupt))
         if value.numel() != 1 or not value.requires_grad:
             raise InputError("the metric must return a scalar that depends on the logits, e.g. logit_diff(yes, no)")
-        grads = torch.autograd.grad(value.reshape(()), [seen[name] for name in receivers], allow_unused=True)
-    return list(grads), _scalar(value.detach())
+        targets = [seen[name] for name in plain] + [outputs[key] for key in projections]
+        grads = torch.autograd.grad(value.reshape(()), targets, allow_unused=True)
+    found = dict(zip(plain, grads[:len(plain)], strict=True))
+    projected = dict(zip(projections, grads[len(plain):], strict=True))
+    return itertools.chain(found.items(), _head_grads(model, heads, seen, projected)), _scalar(value.detach())
 
 
 @no_type_check
-def attribute_edges(model: Any, clean: Batch, corrupt: Batch, metric: Any, *, ig_steps: int = 0) -> EdgeScores:
+def attribute_edges(model: Any, clean: Batch, corrupt: Batch, metric: Any, *, ig_steps: int = 0,
+                    receivers: Grain = "blocks") -> EdgeScores:
     """EAP scores of every edge between text-tower components.
 
     Costs three forwards (the clean and corrupt writes, then the corrupt run with its
     graph) and one backward; with ``ig_steps=k``, ``k`` forwards and backwards with its graph.
+    Per-head receivers add, per layer, one vector-Jacobian product through the attention
+    norm for each query and key-value head.
 
     Args:
         clean: the clean batch (``model.prepare``).
@@ -169,31 +261,50 @@ def attribute_edges(model: Any, clean: Batch, corrupt: Batch, metric: Any, *, ig
         ig_steps: 0 for EAP; ``k > 0`` for EAP-IG (Hanna et al. 2024): each receiver's
             gradient averaged over ``k`` points on the line from the corrupt to the clean
             input embeddings (as :func:`~vlmlens.ops.attribute_residual`'s ``ig_steps``).
+        receivers: ``"blocks"`` (``L{l}ATTN``, ``L{l}MLP``, ``LOGITS``) or ``"heads"``
+            (each head's query, key and value instead of ``L{l}ATTN``). A block's score is
+            the sum of its heads' query, key and value scores.
     """
     from vlmlens.ops.attribution import _check_steps, embedding_path, ig_alphas
 
     _check_layouts(clean, corrupt)
     steps = _check_steps(ig_steps)
+    names = _receivers(model, receivers)
     clean_writes, clean_logits, clean_embed = _writes(model, clean)
     corrupt_writes, corrupt_logits, corrupt_embed = _writes(model, corrupt)
-    receivers = _receivers(model)
-    if steps:
-        path = embedding_path(model, clean, corrupt, ends=(corrupt_embed, clean_embed))
-        grads = [None] * len(receivers)
-        for alpha in ig_alphas(steps):
-            found, _ = _receiver_grads(model, corrupt, metric, receivers, [path(alpha)])
-            grads = [g if f is None else f.float() / steps + (0.0 if g is None else g) for g, f in zip(grads, found)]
-    else:
-        grads, _ = _receiver_grads(model, corrupt, metric, receivers, [])
     senders = list(clean_writes)
-    scores = torch.full((len(senders), len(receivers)), float("nan"))
-    for i, sender in enumerate(senders):
-        delta = (clean_writes[sender] - corrupt_writes[sender]).float()
-        for j, (receiver, grad) in enumerate(zip(receivers, grads, strict=True)):
-            if _precedes(sender, receiver):
-                scores[i, j] = 0.0 if grad is None else float((delta * grad.float().to(delta.device)).sum())
-    return EdgeScores(scores, tuple(senders), tuple(receivers), corrupt_metric=_scalar(metric(corrupt_logits, corrupt)),
+    deltas = torch.stack([(clean_writes[s] - corrupt_writes[s]).float().flatten() for s in senders])
+    column = {name: j for j, name in enumerate(names)}
+    scores = torch.zeros(len(senders), len(names))
+    path = embedding_path(model, clean, corrupt, ends=(corrupt_embed, clean_embed)) if steps else None
+    for alpha in ig_alphas(steps) if steps else [None]:
+        grads, _ = _receiver_grads(model, corrupt, metric, names, [] if path is None else [path(alpha)])
+        for name, grad in grads:
+            if grad is not None:
+                scores[:, column[name]] += (deltas @ grad.float().flatten().to(deltas.device)).cpu() / max(steps, 1)
+    exists = torch.tensor([[_precedes(s, r) for r in names] for s in senders])
+    return EdgeScores(scores.masked_fill(~exists, float("nan")), tuple(senders), tuple(names),
+                      corrupt_metric=_scalar(metric(corrupt_logits, corrupt)),
                       clean_metric=_scalar(metric(clean_logits, clean)))
+
+
+def _head_reading(model: Any, receiver: str, add: Tensor) -> contextlib.AbstractContextManager:
+    """One head's query, key or value projection reads ``attn_norm(x + add)``; the other heads ``attn_norm(x)``."""
+    layer, part, head = _head_receiver(receiver)
+    norm = model.block_module(Tower.TEXT, layer, "attn_norm")
+    projection = model.block_module(Tower.TEXT, layer, part)
+    seen: dict[str, Tensor] = {}
+
+    def read(module: torch.nn.Module, args: tuple) -> None:
+        seen["x"] = args[0]
+
+    def write(module: torch.nn.Module, args: tuple, output: Tensor) -> Tensor:
+        x = seen["x"]
+        patched = projection.forward(norm.forward(x + add.to(x.device, x.dtype)))  # .forward: no hooks run again
+        rows = _head_rows(model, part, head, output.shape[-1])
+        return torch.cat([output[..., :rows.start], patched[..., rows], output[..., rows.stop:]], dim=-1)
+
+    return _hooked([norm.register_forward_pre_hook(read), projection.register_forward_hook(write)])
 
 
 @no_type_check
@@ -203,12 +314,15 @@ def patch_edge(model: Any, clean: Batch, corrupt: Batch, metric: Any, edge: tupl
 
     The receiver's input becomes its corrupt input plus ``scale * (clean - corrupt write)``
     of the sender; every other component reads the corrupt run (and the receiver's own
-    downstream effects follow). Returns the metric's value.
+    downstream effects follow). A per-head receiver (``L{l}H{h}Q``, ``L{l}KV{g}K``,
+    ``L{l}KV{g}V``) changes only that head's query, key or value. Returns the metric's value.
     """
     _check_layouts(clean, corrupt)
     sender, receiver = edge
-    if receiver not in _receivers(model):
-        raise InputError(f"unknown receiver {receiver!r}; receivers: L{{l}}ATTN, L{{l}}MLP, LOGITS")
+    if receiver not in set(_receivers(model, "blocks")) | set(_receivers(model, "heads")):
+        raise InputError(f"unknown receiver {receiver!r}; receivers: L{{l}}ATTN, L{{l}}H{{h}}Q, L{{l}}KV{{g}}K, "
+                         f"L{{l}}KV{{g}}V, L{{l}}MLP, LOGITS (heads 0..{model.n_heads - 1}, key-value heads "
+                         f"0..{model.n_kv_heads - 1})")
     clean_writes, *_ = _writes(model, clean)
     if sender not in clean_writes:
         raise InputError(f"unknown sender {sender!r}; senders: embed, L{{l}}H{{h}}, L{{l}}MLP")
@@ -216,6 +330,8 @@ def patch_edge(model: Any, clean: Batch, corrupt: Batch, metric: Any, edge: tupl
         raise InputError(f"{sender} does not write before {receiver} reads; no such edge")
     corrupt_writes, *_ = _writes(model, corrupt)
     delta = scale * (clean_writes[sender] - corrupt_writes[sender])
-    with torch.no_grad(), _reading({receiver: _reader(model, receiver)}, {}, add={receiver: delta}):
+    reading = (_head_reading(model, receiver, delta) if _head_receiver(receiver) is not None
+               else _reading({receiver: _reader(model, receiver)}, {}, add={receiver: delta}))
+    with torch.no_grad(), reading:
         logits = model.hf_model(**corrupt.inputs).logits
     return _scalar(metric(logits, corrupt))
