@@ -10,7 +10,8 @@ class Config:
     """Which models and how much data; the search itself is :class:`vlmlens.circuits.fusion.FusionConfig`.
 
     Attributes:
-        models: zoo names, paths or hub ids (``tiny-<family>``: a random tiny model).
+        models: zoo names, paths or hub ids (``tiny-<family>``: a random tiny model); ``ARM=SRC,SRC,...``
+            gives one arm's training seeds, compared across seeds.
         n_images: SynthPOPE adversarial images, halved by image (rank / evaluate).
         quick: the small settings of ``vlmlens circuits fusion --quick``.
         out: where results.json, summary.md and report.html go.

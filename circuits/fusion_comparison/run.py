@@ -14,8 +14,8 @@ import json
 import runpy
 from pathlib import Path
 
+from vlmlens.circuits.cli import load_arms
 from vlmlens.circuits.fusion import FusionConfig, compare
-from vlmlens.cli import load_model
 from vlmlens.viz.circuits import fusion_summary_markdown, write_fusion_report
 
 Config = runpy.run_path(str(Path(__file__).with_name("config.py")))["Config"]  # this search's settings
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
     config = dataclasses.replace(Config(), **args)
     search = (FusionConfig.quick if config.quick else FusionConfig)(n_images=config.n_images)
-    result = compare({name: load_model(name) for name in config.models}, search)
+    result = compare(load_arms(config.models), search)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=1, default=float))

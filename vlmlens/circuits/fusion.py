@@ -14,9 +14,11 @@ by image, with the same resampled images for every model so that differences are
 * **top share**: the share of absolute score held by the top 1% of units.
 
 Each model gets a 95% CI of both (basic bootstrap), each pair of models a CI of their
-difference. A model
-given under several seeds (``name -> [model, ...]``) is not combined yet: pass each seed
-under its own name.
+difference. An arm given under several training seeds (``name -> [model, ...]``) runs each
+seed as its own model (``name#0``, ``name#1``, ...) and adds ``arms`` (each statistic's mean
+and sd over seeds) and ``interactions``: per pair of arms with >= 2 seeds, the difference of
+their mean depth, top share and accuracy drops with seeds as the unit of replication (the
+model x intervention interaction; :mod:`vlmlens.circuits.seeds`).
 
 Examples:
     >>> from vlmlens.testing import tiny_vlm
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, no_type_check
 
@@ -39,6 +41,7 @@ import numpy as np
 
 from vlmlens.circuits.behaviour import Behaviour
 from vlmlens.circuits.localization import METHODS, Localization, localize
+from vlmlens.circuits.seeds import compare_arms
 from vlmlens.circuits.summary import concentration, top_one_percent_share
 from vlmlens.circuits.units import KINDS
 from vlmlens.circuits.validate import ablation_curve
@@ -147,7 +150,7 @@ def compare(models: Mapping[str, Any], config: FusionConfig | None = None) -> di
     """Run the search on every model; a JSON-ready dict (``models``, ``differences``, ``config``).
 
     Args:
-        models: name -> HookedVLM.
+        models: name -> HookedVLM, or name -> the HookedVLMs of one recipe's training seeds.
         config: settings (default :class:`FusionConfig`).
 
     Raises:
@@ -156,13 +159,21 @@ def compare(models: Mapping[str, Any], config: FusionConfig | None = None) -> di
     config = FusionConfig() if config is None else config
     if not models:
         raise InputError("compare needs at least one model")
+    arms = {name: list(entry) if isinstance(entry, Sequence) else [entry] for name, entry in models.items()}
+    if any(not group for group in arms.values()):
+        raise InputError(f"every arm needs at least one model; empty: {[n for n, g in arms.items() if not g]}")
+    names_of = {name: [name] if len(group) == 1 else [f"{name}#{i}" for i in range(len(group))]
+                for name, group in arms.items()}
+    replicates = {r: model for name, group in arms.items() for r, model in zip(names_of[name], group, strict=True)}
+    if len(replicates) != sum(map(len, arms.values())):
+        raise InputError(f"model names collide with an arm's seed names (name#i): {list(models)}")
     questions = Behaviour.from_dataset(synth_pope(config.split, n_images=config.n_images, seed=config.seed),
                                        suffix=config.suffix)
     rank, held = questions.split(0.5, seed=config.seed)
     out: dict[str, Any] = {"config": dataclasses.asdict(config), "models": {}, "differences": {},
                            "ranked_on": rank.source, "evaluated_on": held.source}
     found_by: dict[str, Localization] = {}
-    for name, model in models.items():
+    for name, model in replicates.items():
         found = localize(model, rank, kind=config.kind, method=config.method, k=1, baseline="zero" if
                          config.baseline == "resample" else config.baseline, batch_size=config.batch_size)
         units = found.scores.numel()
@@ -217,4 +228,6 @@ def compare(models: Mapping[str, Any], config: FusionConfig | None = None) -> di
                 entry["depth_ci"] = _ci(entry["depth"], diff[:, 0])
                 entry["top_share_ci"] = _ci(entry["top_share"], diff[:, 1])
             out["differences"][f"{a} vs {b}"] = entry
+    if any(len(group) > 1 for group in arms.values()):
+        out |= compare_arms(out["models"], names_of)
     return out

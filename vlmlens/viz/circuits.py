@@ -95,10 +95,33 @@ def fusion_summary_markdown(result: Mapping[str, Any]) -> str:
         for pair, d in result["differences"].items():
             lines.append(f"| {pair} | {d['depth']:+.3f} {_ci(d.get('depth_ci'))} | "
                          f"{d['top_share']:+.3f} {_ci(d.get('top_share_ci'))} |")
+    lines += _arms_markdown(result)
     rules = {row["concentration"]["rule"] for row in result["models"].values()}
     lines += ["", *[f"Verdict rule: {r}." for r in sorted(rules)],
               "p-values are per k, not corrected across the k tried."]
     return "\n".join(lines) + "\n"
+
+
+def _arms_markdown(result: Mapping[str, Any]) -> list[str]:
+    """Arms over seeds (mean +- sd) and the seed-level interaction tests, where the comparison has them."""
+    if not result.get("arms"):
+        return []
+    lines = ["", "Arms over training seeds (mean +- sd over seeds; each seed is a row above):", "",
+             "| arm | seeds | statistic | mean +- sd |", "|---|---|---|---|"]
+    for arm, row in result["arms"].items():
+        for key, mean in row["mean"].items():
+            lines.append(f"| {arm} | {len(row['replicates'])} | {key} | {mean:.3f} +- {row['sd'][key]:.3f} |")
+    if result.get("interactions"):
+        intro = (f"Arm differences with seeds as the unit of replication ({result['n_tests']} tests; "
+                 f"{result['adjustment']}); for a drop, the model x intervention interaction:")
+        lines += ["", intro, "",
+                  "| arms | statistic | difference [95% Welch CI] | permutation p (smallest possible) | Holm p |",
+                  "|---|---|---|---|---|"]
+        for pair, tests in result["interactions"].items():
+            for key, t in tests.items():
+                lines.append(f"| {pair} | {key} | {t['difference']:+.3f} {_ci(t['ci'])} | {t['p']:.3f} "
+                             f"({t['min_p']:.3f}) | {t['p_holm']:.3f} |")
+    return lines
 
 
 def fusion_report_html(result: Mapping[str, Any]) -> str:
