@@ -17,6 +17,7 @@ from pathlib import Path
 from vlmlens.circuits.cli import load_arms
 from vlmlens.circuits.fusion import FusionConfig, compare
 from vlmlens.viz.circuits import fusion_summary_markdown, write_fusion_report
+from vlmlens.vrp.analysis import to_jsonable
 
 Config = runpy.run_path(str(Path(__file__).with_name("config.py")))["Config"]  # this search's settings
 
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = compare(load_arms(config.models), search)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=1, default=float))
+    (out / "results.json").write_text(json.dumps(to_jsonable(result), indent=1, allow_nan=False))
     summary = fusion_summary_markdown(result)
     (out / "summary.md").write_text(summary)
     write_fusion_report(out / "report.html", result)

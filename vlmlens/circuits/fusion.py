@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, no_type_check
 
@@ -159,7 +159,7 @@ def compare(models: Mapping[str, Any], config: FusionConfig | None = None) -> di
     config = FusionConfig() if config is None else config
     if not models:
         raise InputError("compare needs at least one model")
-    arms = {name: list(entry) if isinstance(entry, Sequence) else [entry] for name, entry in models.items()}
+    arms = {name: list(entry) if isinstance(entry, (list, tuple)) else [entry] for name, entry in models.items()}
     if any(not group for group in arms.values()):
         raise InputError(f"every arm needs at least one model; empty: {[n for n, g in arms.items() if not g]}")
     names_of = {name: [name] if len(group) == 1 else [f"{name}#{i}" for i in range(len(group))]
@@ -177,7 +177,8 @@ def compare(models: Mapping[str, Any], config: FusionConfig | None = None) -> di
         found = localize(model, rank, kind=config.kind, method=config.method, k=1, baseline="zero" if
                          config.baseline == "resample" else config.baseline, batch_size=config.batch_size)
         units = found.scores.numel()
-        ks = sorted({min(units, k) for k in config.ks} | {max(1, round(f * units)) for f in config.fractions})
+        by_fraction = {f"{f:.1%}": max(1, round(f * units)) for f in config.fractions}
+        ks = sorted({min(units, k) for k in config.ks} | set(by_fraction.values()))
         curve = ablation_curve(model, held, found, ks=ks, baseline=config.baseline, n_random=config.n_random,
                                seed=config.seed, batch_size=config.batch_size, n_resamples=config.n_resamples)
         summary = concentration(found, curve)
@@ -196,6 +197,7 @@ def compare(models: Mapping[str, Any], config: FusionConfig | None = None) -> di
         found_by[name] = found
         out["models"][name] = {
             "family": model.family, "n_layers": model.n_layers, "units": units, "peak_layer": peak,
+            "ks": {"counts": sorted({min(units, k) for k in config.ks}), "fractions": by_fraction},
             "peak_depth": peak / max(1, model.n_layers - 1),
             "top_units": [{"layer": l, "index": i, "depth": l / max(1, model.n_layers - 1),
                            "score": float(found.scores[found.layers.index(l), i])} for l, i in found.top(16)],

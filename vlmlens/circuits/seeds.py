@@ -8,17 +8,22 @@ differ as much as two recipes do, and questions of one model never show that.
 Per replicate (one seed of one arm), :func:`replicate_statistics` reads the numbers of its
 row of :func:`~vlmlens.circuits.fusion.compare`: where its units sit (``depth``), how
 concentrated they are (``top_share``), and, per intervention, the held-out accuracy drop in
-percentage points (``drop top-k=4``, ``drop top-1%``, ``drop destroy 25%`` of the peak layer).
-An accuracy drop is the intervention's effect within that model, so the difference of two
-arms' mean drops is the **model x intervention interaction**:
-``(acc_A ablated - acc_A clean) - (acc_B ablated - acc_B clean)``.
+percentage points, clean minus ablated (``drop top-k=4``: the top 4 units; ``drop top-1.0%``:
+the top 1% of the model's scored units, so arms of different widths compare like with like;
+``drop destroy 25%``: a quarter of the peak layer). An accuracy drop is the intervention's
+effect within that model, so the difference of two arms' mean drops is the **model x
+intervention interaction**, in percentage points:
+``(acc_A clean - acc_A ablated) - (acc_B clean - acc_B ablated)``.
 
 :func:`seed_interaction` tests it across seeds: the difference of the arms' means, a Welch
 t interval (seeds of an arm as a small normal sample; with 3 seeds it is wide, as it should
-be) and an exact permutation p-value over every way of relabelling the seeds into the two
-arms (with 3 and 3 seeds there are 20 relabellings, so the smallest p attainable is 0.1: three
-seeds can show a large consistent difference, not a significant one at 0.05). Holm-adjusted
-p-values are given over every test of one comparison.
+be) and a permutation p-value over every way of relabelling the seeds into the two arms
+(exact up to :data:`MAX_RELABELLINGS` relabellings, estimated from that many random ones
+beyond). With 3 and 3 seeds there are 20 relabellings, so the smallest p attainable is 0.1:
+three seeds can show a large consistent difference, not a significant one at 0.05.
+Holm-adjusted p-values are given over every test of one comparison. Statistics that not
+every replicate of both arms has (a k that exists in one model only) are listed as not
+compared rather than tested.
 
 Examples:
     >>> out = seed_interaction([10.0, 12.0, 11.0], [1.0, 2.0, 0.0])
@@ -48,9 +53,9 @@ MAX_RELABELLINGS = 200_000
 def replicate_statistics(row: Mapping[str, Any]) -> dict[str, float]:
     """The numbers of one model's :func:`~vlmlens.circuits.fusion.compare` row that arms are compared on."""
     out = {"depth": float(row["depth"]), "top_share": float(row["top_share"])}
-    for point in row["ablation"]:
-        if point["layer"] is None:
-            out[f"drop top-k={point['k']}"] = float(point["drop_pp"])
+    drops = {point["k"]: float(point["drop_pp"]) for point in row["ablation"] if point["layer"] is None}
+    out |= {f"drop top-k={k}": drops[k] for k in row["ks"]["counts"]}
+    out |= {f"drop top-{label}": drops[k] for label, k in row["ks"]["fractions"].items()}
     for point in row["destruction"]:
         out[f"drop destroy {point['fraction']:.0%}"] = float(point["drop_pp"])
     return out
@@ -60,8 +65,8 @@ def _welch_ci(a: np.ndarray, b: np.ndarray, level: float) -> list[float]:
     diff = a.mean() - b.mean()
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
     se = math.sqrt(va + vb)
-    if se == 0:
-        return [float(diff), float(diff)]
+    if se == 0:  # every seed of both arms agrees: no spread to build an interval from
+        return [math.nan, math.nan]
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     half = float(sps.t.ppf(0.5 + level / 2, df)) * se
     return [float(diff - half), float(diff + half)]
@@ -77,9 +82,10 @@ def seed_interaction(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.nd
         seed: the random relabellings' seed, used only above :data:`MAX_RELABELLINGS`.
 
     Returns:
-        ``difference`` (mean a - mean b), ``ci`` (Welch t), ``p`` (two-sided permutation p over
-        seed relabellings, observed included), ``exact`` (every relabelling enumerated),
-        ``relabellings``, ``min_p`` (the smallest p these seed counts allow), ``n``.
+        ``difference`` (mean a - mean b), ``ci`` (Welch t; NaN where no seed of either arm
+        differs from its arm's others), ``p`` (two-sided permutation p over seed relabellings,
+        observed included), ``exact`` (every relabelling enumerated), ``relabellings``,
+        ``min_p`` (the smallest p these seed counts and this method allow), ``n``.
     """
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if len(x) < 2 or len(y) < 2 or not (np.isfinite(x).all() and np.isfinite(y).all()):
@@ -99,11 +105,12 @@ def seed_interaction(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.nd
     np.put_along_axis(mask, groups, True, axis=1)
     sums = mask @ pooled
     diffs = np.abs(sums / k - (pooled.sum() - sums) / (n - k))
-    hits = int((diffs >= observed - 1e-12 * max(1.0, observed)).sum())
+    hits = int((diffs >= observed - 1e-9 * max(1.0, float(np.abs(pooled).max()))).sum())  # ties count
     p = hits / len(groups) if exact else (hits + 1) / (len(groups) + 1)
+    min_p = 2 / total if k == n - k else 1 / total  # a balanced relabelling ties with its complement
     return {"difference": float(x.mean() - y.mean()), "ci": _welch_ci(x, y, level), "p": float(p),
-            "exact": exact, "relabellings": total, "min_p": float(2 / total if k == n - k else 1 / total),
-            "n": [k, n - k]}
+            "exact": exact, "relabellings": total,
+            "min_p": float(min_p if exact else max(min_p, 1 / (len(groups) + 1))), "n": [k, n - k]}
 
 
 def compare_arms(models: Mapping[str, Mapping[str, Any]], arms: Mapping[str, Sequence[str]]) -> dict[str, Any]:
@@ -115,12 +122,13 @@ def compare_arms(models: Mapping[str, Mapping[str, Any]], arms: Mapping[str, Seq
 
     Returns:
         ``{"arms": {arm: {"replicates", "values", "mean", "sd"}}, "interactions": {"a vs b": {statistic: ...}},
-        "n_tests", "adjustment"}``; every interaction also carries ``p_holm``, Holm-adjusted over all of them.
+        "not_compared": {"a vs b": [statistics only one arm has]}, "n_tests", "adjustment"}``; every
+        interaction also carries ``p_holm``, Holm-adjusted over all of them.
     """
     per_arm = {arm: [replicate_statistics(models[name]) for name in names] for arm, names in arms.items()}
-    out: dict[str, Any] = {"arms": {}, "interactions": {}}
+    out: dict[str, Any] = {"arms": {}, "interactions": {}, "not_compared": {}}
     for arm, rows in per_arm.items():
-        keys = [key for key in rows[0] if all(key in r for r in rows)]
+        keys = [key for key in rows[0] if all(key in r for r in rows)]  # seeds of one arm share their shapes
         values = {key: [r[key] for r in rows] for key in keys}
         out["arms"][arm] = {"replicates": list(arms[arm]), "values": values,
                             "mean": {key: float(np.mean(v)) for key, v in values.items()},
@@ -132,6 +140,7 @@ def compare_arms(models: Mapping[str, Mapping[str, Any]], arms: Mapping[str, Seq
             va, vb = out["arms"][a]["values"], out["arms"][b]["values"]
             entry = {key: seed_interaction(va[key], vb[key]) for key in va if key in vb}
             out["interactions"][f"{a} vs {b}"] = entry
+            out["not_compared"][f"{a} vs {b}"] = sorted(set(va) ^ set(vb))
             tests += list(entry.values())
     for test, adjusted in zip(tests, adjust_p_values([t["p"] for t in tests], "holm"), strict=True):
         test["p_holm"] = float(adjusted)

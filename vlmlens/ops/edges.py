@@ -42,7 +42,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from vlmlens.errors import InputError
+from vlmlens.errors import InputError, SiteNotFoundError
 from vlmlens.inputs import Batch
 from vlmlens.ops.logit_attribution import _in_memory
 from vlmlens.ops.patching import _check_layouts, _scalar
@@ -51,6 +51,9 @@ from vlmlens.sites import Point, Site, Tower
 __all__ = ["EdgeScores", "attribute_edges", "patch_edge"]
 
 Grain = Literal["blocks", "heads"]
+PROJECTIONS = ("q_proj", "k_proj", "v_proj")
+SCORE_CHUNK = 64
+"""Receivers (and senders) scored per matrix product: bounds the memory of the gradients held at once."""
 _HEAD_RECEIVER = re.compile(r"L(\d+)(?:H(\d+)Q|KV(\d+)([KV]))$")
 
 
@@ -90,13 +93,14 @@ def _layer_of(name: str) -> int:
     return -1 if name == "embed" else int(re.match(r"L(\d+)", name).group(1))
 
 
-def _precedes(sender: str, receiver: str) -> bool:
-    if receiver == "LOGITS":
-        return True
-    s, r = _layer_of(sender), _layer_of(receiver)
-    if receiver.endswith("MLP"):  # the MLP reads after its own layer's heads
-        return s < r or (s == r and not sender.endswith("MLP"))
-    return s < r
+def _exists(senders: list[str] | tuple[str, ...], receivers: list[str] | tuple[str, ...]) -> Tensor:
+    """``[i, j]``: whether ``senders[i]`` writes before ``receivers[j]`` reads (the MLP reads after its own layer's heads)."""
+    sender = torch.tensor([_layer_of(n) for n in senders])[:, None]
+    sender_mlp = torch.tensor([n.endswith("MLP") for n in senders])[:, None]
+    logits = torch.tensor([n == "LOGITS" for n in receivers])[None]
+    receiver = torch.tensor([0 if n == "LOGITS" else _layer_of(n) for n in receivers])[None]
+    receiver_mlp = torch.tensor([n.endswith("MLP") for n in receivers])[None]
+    return logits | (sender < receiver) | (receiver_mlp & (sender == receiver) & ~sender_mlp)
 
 
 def _receivers(model: Any, grain: str) -> list[str]:
@@ -120,6 +124,15 @@ def _head_receiver(name: str) -> tuple[int, str, int] | None:
         return None
     layer, query, kv, kind = match.groups()
     return (int(layer), "q_proj", int(query)) if query is not None else (int(layer), f"{kind.lower()}_proj", int(kv))
+
+
+def _projection(model: Any, layer: int, part: str) -> torch.nn.Module:
+    """A text layer's separate query, key or value projection (per-head receivers need them)."""
+    try:
+        return model.block_module(Tower.TEXT, layer, part)
+    except SiteNotFoundError as error:
+        raise InputError(f"per-head receivers need separate q/k/v projections, and this {model.family} text tower "
+                         f"has no {part}; use receivers='blocks'") from error
 
 
 def _head_rows(model: Any, part: str, head: int, width: int) -> slice:
@@ -212,7 +225,7 @@ def _head_grads(model: Any, heads: dict[str, tuple[int, str, int]], inputs: dict
             if grad is None:  # the metric does not depend on this projection
                 yield name, None
                 continue
-            weight = _in_memory(model.block_module(Tower.TEXT, layer, part).weight, f"the text {part} of layer {layer}")
+            weight = _in_memory(_projection(model, layer, part).weight, f"the text {part} of layer {layer}")
             rows = _head_rows(model, part, head, weight.shape[0])
             back = grad[..., rows].float() @ weight[rows].float().to(grad.device)
             yield name, torch.autograd.grad(normed, leaf, back.to(normed.dtype), retain_graph=True)[0]
@@ -227,8 +240,7 @@ def _receiver_grads(model: Any, corrupt: Batch, metric: Any, receivers: list[str
     plain = [name for name in receivers if name not in heads]
     layers = sorted({layer for layer, _, _ in heads.values()})
     readers = {name: _reader(model, name) for name in plain} | {f"L{l}ATTN": _reader(model, f"L{l}ATTN") for l in layers}
-    projections = {(l, part): model.block_module(Tower.TEXT, l, part) for l in layers
-                   for part in ("q_proj", "k_proj", "v_proj")}
+    projections = {(l, part): _projection(model, l, part) for l in layers for part in PROJECTIONS}
     seen: dict[str, Tensor] = {}
     outputs: dict[tuple[int, str], Tensor] = {}
     with (torch.enable_grad(), applied(model, interventions, corrupt.layout), _reading(readers, seen),
@@ -270,29 +282,63 @@ def attribute_edges(model: Any, clean: Batch, corrupt: Batch, metric: Any, *, ig
     _check_layouts(clean, corrupt)
     steps = _check_steps(ig_steps)
     names = _receivers(model, receivers)
+    if receivers == "heads":  # before any forward: the per-head gradients read the projections' weights
+        for layer in range(model.n_layers):
+            for part in PROJECTIONS:
+                _in_memory(_projection(model, layer, part).weight, f"the text {part} of layer {layer}")
     clean_writes, clean_logits, clean_embed = _writes(model, clean)
     corrupt_writes, corrupt_logits, corrupt_embed = _writes(model, corrupt)
     senders = list(clean_writes)
-    deltas = torch.stack([(clean_writes[s] - corrupt_writes[s]).float().flatten() for s in senders])
+    deltas = _deltas(clean_writes, corrupt_writes)
+    del clean_writes, corrupt_writes
     column = {name: j for j, name in enumerate(names)}
-    scores = torch.zeros(len(senders), len(names))
+    scores = torch.zeros(len(senders), len(names), dtype=torch.float64)
     path = embedding_path(model, clean, corrupt, ends=(corrupt_embed, clean_embed)) if steps else None
     for alpha in ig_alphas(steps) if steps else [None]:
         grads, _ = _receiver_grads(model, corrupt, metric, names, [] if path is None else [path(alpha)])
-        for name, grad in grads:
-            if grad is not None:
-                scores[:, column[name]] += (deltas @ grad.float().flatten().to(deltas.device)).cpu() / max(steps, 1)
-    exists = torch.tensor([[_precedes(s, r) for r in names] for s in senders])
-    return EdgeScores(scores.masked_fill(~exists, float("nan")), tuple(senders), tuple(names),
+        _add_scores(scores, deltas, grads, column, weight=1.0 / max(steps, 1))
+    exists = _exists(senders, names)
+    return EdgeScores(scores.float().masked_fill(~exists, float("nan")), tuple(senders), tuple(names),
                       corrupt_metric=_scalar(metric(corrupt_logits, corrupt)),
                       clean_metric=_scalar(metric(clean_logits, clean)))
+
+
+def _deltas(clean: dict[str, Tensor], corrupt: dict[str, Tensor]) -> Float[Tensor, "sender flat"]:
+    """Each sender's clean minus corrupt write, flattened, one row per sender, in the writes' dtype and first device."""
+    first = next(iter(clean.values()))
+    out = torch.empty(len(clean), first.numel(), dtype=first.dtype, device=first.device)
+    for row, name in enumerate(clean):
+        out[row] = (clean[name] - corrupt[name].to(clean[name].device)).flatten().to(out.device)
+    return out
+
+
+def _add_scores(scores: Tensor, deltas: Tensor, grads: Iterator[tuple[str, Tensor | None]], column: dict[str, int],
+                *, weight: float) -> None:
+    """Add ``weight * deltas @ grad`` to each receiver's column, :data:`SCORE_CHUNK` receivers and senders at a time."""
+
+    def flush(chunk: list[tuple[str, Tensor]]) -> None:
+        cols = [column[name] for name, _ in chunk]
+        stacked = torch.stack([grad.float().flatten().to(deltas.device) for _, grad in chunk])  # receiver flat
+        for start in range(0, len(deltas), SCORE_CHUNK):
+            part = deltas[start:start + SCORE_CHUNK].float() @ stacked.T
+            scores[start:start + SCORE_CHUNK, cols] += weight * part.double().cpu()
+
+    chunk: list[tuple[str, Tensor]] = []
+    for name, grad in grads:
+        if grad is not None:  # the metric does not read this receiver: its edges score 0
+            chunk.append((name, grad))
+        if len(chunk) == SCORE_CHUNK:
+            flush(chunk)
+            chunk = []
+    if chunk:
+        flush(chunk)
 
 
 def _head_reading(model: Any, receiver: str, add: Tensor) -> contextlib.AbstractContextManager:
     """One head's query, key or value projection reads ``attn_norm(x + add)``; the other heads ``attn_norm(x)``."""
     layer, part, head = _head_receiver(receiver)
     norm = model.block_module(Tower.TEXT, layer, "attn_norm")
-    projection = model.block_module(Tower.TEXT, layer, part)
+    projection = _projection(model, layer, part)
     seen: dict[str, Tensor] = {}
 
     def read(module: torch.nn.Module, args: tuple) -> None:
@@ -326,7 +372,7 @@ def patch_edge(model: Any, clean: Batch, corrupt: Batch, metric: Any, edge: tupl
     clean_writes, *_ = _writes(model, clean)
     if sender not in clean_writes:
         raise InputError(f"unknown sender {sender!r}; senders: embed, L{{l}}H{{h}}, L{{l}}MLP")
-    if not _precedes(sender, receiver):
+    if not bool(_exists([sender], [receiver])[0, 0]):
         raise InputError(f"{sender} does not write before {receiver} reads; no such edge")
     corrupt_writes, *_ = _writes(model, corrupt)
     delta = scale * (clean_writes[sender] - corrupt_writes[sender])
