@@ -11,7 +11,9 @@ In one process it times:
   one backward (goal <= 4x the plain forward);
 * exact ``patch_residual`` of a subset of the same sites (``--exact-positions`` positions x
   every layer, batched ``--chunk`` patches per forward), extrapolated per site to all of them,
-  for the speed-up of AtP over exact patching.
+  for the speed-up of AtP over exact patching;
+* ``attribute_edges`` (EAP: three forwards and one backward) with block receivers and with
+  per-head receivers (each head's query, key and value), as multiples of the plain forward.
 
     python bench/attribution.py [--layers 6] [--width 768] [--repeats 3] [--exact-positions 8]
 """
@@ -28,7 +30,7 @@ from overhead import timed  # bench/ is on the path when run as a script
 from transformers import LlavaForConditionalGeneration
 
 from vlmlens import HookedVLM
-from vlmlens.ops import attribute_residual, logit_diff, patch_residual
+from vlmlens.ops import attribute_edges, attribute_residual, logit_diff, patch_residual
 from vlmlens.real_shapes import real_shape_config, real_shape_processor
 from vlmlens.testing import tiny_images
 
@@ -88,6 +90,11 @@ def main() -> None:
           f"(goal <= 4x)")
     print(f"exact patching, {args.layers * len(subset)} sites measured: {t_subset:8.3f} s; all {n_sites} sites "
           f"extrapolated: {t_exact:8.1f} s   AtP speed-up {t_exact / t_atp:.0f}x")
+    for grain in ("blocks", "heads"):
+        edges = attribute_edges(model, clean, corrupt, metric, receivers=grain)
+        t_eap = timed(lambda grain=grain: attribute_edges(model, clean, corrupt, metric, receivers=grain), args.repeats)
+        print(f"EAP, {grain} receivers ({len(edges.senders)} x {len(edges.receivers)} edges): {t_eap:8.3f} s   = "
+              f"{t_eap / t_plain:.2f}x the plain forward")
 
 
 if __name__ == "__main__":
