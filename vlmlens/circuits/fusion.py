@@ -177,8 +177,9 @@ def compare(models: Mapping[str, Any], config: FusionConfig | None = None) -> di
         found = localize(model, rank, kind=config.kind, method=config.method, k=1, baseline="zero" if
                          config.baseline == "resample" else config.baseline, batch_size=config.batch_size)
         units = found.scores.numel()
+        counts = sorted({min(units, k) for k in config.ks})
         by_fraction = {f"{f:.1%}": max(1, round(f * units)) for f in config.fractions}
-        ks = sorted({min(units, k) for k in config.ks} | set(by_fraction.values()))
+        ks = sorted({*counts, *by_fraction.values()})
         curve = ablation_curve(model, held, found, ks=ks, baseline=config.baseline, n_random=config.n_random,
                                seed=config.seed, batch_size=config.batch_size, n_resamples=config.n_resamples)
         summary = concentration(found, curve)
@@ -197,7 +198,7 @@ def compare(models: Mapping[str, Any], config: FusionConfig | None = None) -> di
         found_by[name] = found
         out["models"][name] = {
             "family": model.family, "n_layers": model.n_layers, "units": units, "peak_layer": peak,
-            "ks": {"counts": sorted({min(units, k) for k in config.ks}), "fractions": by_fraction},
+            "ks": {"counts": counts, "fractions": by_fraction},
             "peak_depth": peak / max(1, model.n_layers - 1),
             "top_units": [{"layer": l, "index": i, "depth": l / max(1, model.n_layers - 1),
                            "score": float(found.scores[found.layers.index(l), i])} for l, i in found.top(16)],
