@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from vlmlens.data import SynthConfig
+from vlmlens.zoo.errors import ZooError
 from vlmlens.zoo.evaluate import evaluate
 from vlmlens.zoo.fusion import FUSION_RECIPES, train_fusion
 from vlmlens.zoo.io import load_pretrained, read_meta
+from vlmlens.zoo.resume import state_path
 from vlmlens.zoo.stages import Stage
 from vlmlens.zoo.train import RECIPES, train
 
@@ -92,17 +100,120 @@ def test_v2_late_fusion_learns_from_the_image(tmp_path):
     assert metrics.n == 60
 
 
+def quick_v2(family: str):
+    """A few steps per stage on 40 scenes per size: enough to touch every stage's code
+    (lm-text 3 steps; llava and qwen2_vl: align 1, then 7; paligemma: joint 8)."""
+    data = dataclasses.replace(SHORT_V2.data, n_images=40)
+    base = SHORT_V2 if family == "llava" else dataclasses.replace(FUSION_RECIPES[family], size="tiny")
+    return dataclasses.replace(base, data=data, vision_pretrain_batch=16).scaled(12)
+
+
+def same_weights(a, b) -> bool:
+    a, b = (load_file(Path(p) / "model.safetensors") for p in (a, b))
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["llava", "paligemma", "qwen2_vl"])
 def test_v2_same_seed_same_weights(tmp_path, family):
-    # A few steps per stage on 40 scenes per size: enough to touch every stage's code.
-    data = dataclasses.replace(SHORT_V2.data, n_images=40)
-    base = SHORT_V2 if family == "llava" else dataclasses.replace(FUSION_RECIPES[family], size="tiny")
-    quick = dataclasses.replace(base, data=data, vision_pretrain_batch=16).scaled(12)
     paths = [tmp_path / x for x in "abc"]
     for path, seed in zip(paths, (0, 0, 1)):
-        train_fusion(family, path, seed=seed, recipe=quick, progress=False)
-    a, b, c = (load_file(p / "model.safetensors") for p in paths)
-    assert a.keys() == b.keys()
-    assert all((a[k] == b[k]).all() for k in a)
-    assert any(not (a[k] == c[k]).all() for k in a)
+        train_fusion(family, path, seed=seed, recipe=quick_v2(family), progress=False)
+    assert same_weights(paths[0], paths[1])
+    assert not same_weights(paths[0], paths[2])
+
+
+class Killed(Exception):
+    """Stands in for a kill inside a training step."""
+
+
+def kill_at(stage: str, step: int):
+    def callback(name, at, model):
+        if (name, at) == (stage, step):
+            raise Killed
+
+    return callback
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llava", "paligemma", "qwen2_vl"])
+def test_v2_interrupted_run_resumes_to_the_same_weights(tmp_path, family):
+    recipe = quick_v2(family)
+    last = recipe.stages[-1]
+    train_fusion(family, tmp_path / "straight", recipe=recipe, progress=False)
+    # Interrupted at step 5 of the last stage; the snapshot is from step 4, so the resumed
+    # run redoes step 5 from the saved weights, optimiser, schedule and example order.
+    with pytest.raises(Killed):
+        train_fusion(
+            family,
+            tmp_path / "resumed",
+            recipe=recipe,
+            progress=False,
+            callback=kill_at(last.name, 5),
+            callback_every=1,
+            snapshot_every=2,
+        )
+    assert state_path(tmp_path / "resumed").exists()
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
+    result = train_fusion(family, tmp_path / "resumed", recipe=recipe, progress=False, snapshot_every=2)
+    assert same_weights(tmp_path / "straight", tmp_path / "resumed")
+    assert not state_path(tmp_path / "resumed").exists()
+    assert [s.steps for s in result.stages] == [s.steps for s in recipe.stages]
+    assert len(result.stages[-1].losses) == last.steps
+    straight, resumed = (read_meta(tmp_path / x) for x in ("straight", "resumed"))
+    assert [s["final_loss"] for s in resumed["stages"]] == [s["final_loss"] for s in straight["stages"]]
+    assert resumed["vision_pretrain"] == straight["vision_pretrain"]
+
+
+KILLED_RUN = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from test_zoo_train import quick_v2
+from vlmlens.zoo.fusion import train_fusion
+
+def callback(name, step, model):
+    if (name, step) == ("align", 1):
+        Path({marker!r}).touch()
+        time.sleep(300)
+
+train_fusion("llava", {out!r}, recipe=quick_v2("llava"), progress=False, callback=callback, callback_every=1)
+"""
+
+
+@pytest.mark.slow
+def test_v2_run_killed_by_sigkill_resumes_to_the_same_weights(tmp_path):
+    # A real kill (nothing cleans up) in the second stage: the latest snapshot is the one
+    # written when the text-only stage ended.
+    out, marker = tmp_path / "killed", tmp_path / "marker"
+    script = KILLED_RUN.format(tests=str(Path(__file__).parent), marker=str(marker), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert proc.poll() is None, "the training process ended before it was killed"
+            assert time.monotonic() < deadline, "the training process never reached the kill point"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert torch.load(state_path(out), weights_only=True)["stage"] == 1  # lm-text done, align not
+    train_fusion("llava", out, recipe=quick_v2("llava"), progress=False)
+    train_fusion("llava", tmp_path / "straight", recipe=quick_v2("llava"), progress=False)
+    assert same_weights(out, tmp_path / "straight")
+
+
+@pytest.mark.slow
+def test_v2_snapshot_of_another_run_is_refused_not_mixed(tmp_path):
+    recipe = quick_v2("llava")
+    with pytest.raises(Killed):
+        train_fusion(
+            "llava", tmp_path / "run", recipe=recipe, progress=False, callback=kill_at("lm-text", 2), callback_every=1
+        )
+    with pytest.raises(ZooError, match=r"snapshot of another training run \(it differs in: seed\).*--restart"):
+        train_fusion("llava", tmp_path / "run", seed=1, recipe=recipe, progress=False)
+    train_fusion("llava", tmp_path / "run", seed=1, recipe=recipe, progress=False, restart=True)
+    train_fusion("llava", tmp_path / "seed1", seed=1, recipe=recipe, progress=False)
+    assert same_weights(tmp_path / "run", tmp_path / "seed1")

@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from vlmlens.errors import VLMLensError
+from vlmlens.zoo.errors import ZooError
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=1,
         choices=[1, 2],
         help="zoo recipe: 1 = the shipped toys, 2 = the fusion experiment (vlmlens.zoo.fusion)",
+    )
+    p_train.add_argument(
+        "--restart",
+        action="store_true",
+        help="version 2: discard the snapshot a killed run left in --out and start over "
+        "(by default the same command resumes it)",
     )
 
     _test_arguments(sub.add_parser("eval", help="POPE metrics of a zoo model on a SynthPOPE split"), 500)
@@ -108,8 +115,14 @@ def _train(args: argparse.Namespace) -> int:
     from vlmlens.zoo.fusion import train_fusion
     from vlmlens.zoo.train import train
 
-    trainer = train_fusion if args.version == 2 else train
-    result = trainer(args.family, args.out, seed=args.seed, steps=args.steps, threads=args.threads)
+    if args.version == 2:
+        result = train_fusion(
+            args.family, args.out, seed=args.seed, steps=args.steps, threads=args.threads, restart=args.restart
+        )
+    elif args.restart:
+        raise ZooError("--restart applies to --version 2 runs (the version 1 recipe keeps no snapshots).")
+    else:
+        result = train(args.family, args.out, seed=args.seed, steps=args.steps, threads=args.threads)
     print(
         f"trained {result.family} ({result.n_params / 1e6:.2f}M params) in {result.seconds:.0f} s "
         f"with {result.threads} thread(s); final loss {result.final_loss:.3f}; saved to {result.out}"

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
 from vlmlens.data import SynthConfig
@@ -43,7 +44,8 @@ from vlmlens.zoo.data import DataConfig
 from vlmlens.zoo.errors import ZooError, check_family
 from vlmlens.zoo.io import write_meta
 from vlmlens.zoo.pretrain import PretrainResult
-from vlmlens.zoo.stages import Stage, StageResult, run_stage
+from vlmlens.zoo.resume import RunState, load_state, save_state, state_path
+from vlmlens.zoo.stages import Stage, StageResult, StageState, run_stage
 from vlmlens.zoo.tokenizer import Family
 from vlmlens.zoo.train import prepare, save_checkpoint, torch_threads, versions
 
@@ -187,7 +189,9 @@ class FusionResult:
         family: Model family.
         out: The checkpoint folder.
         seed: Training seed.
-        seconds: Wall-clock seconds, data preparation and saving included.
+        seconds: Wall-clock seconds of data preparation, tower pre-training and the
+            stages, summed over the sessions of a resumed run (the time a resumed session
+            spends rebuilding the training set is not counted).
         threads: torch threads used.
         n_params: Parameter count.
         vision_pretrain: Result of the tower pre-training, if any.
@@ -220,10 +224,15 @@ def train_fusion(
     progress: bool = True,
     callback: Callable[[str, int, nn.Module], None] | None = None,
     callback_every: int = 100,
+    snapshot_every: int = 100,
+    restart: bool = False,
 ) -> FusionResult:
     """Train a zoo v2 arm from scratch and save it with ``save_pretrained``.
 
-    Same family, seed, recipe, thread count and library versions give the same weights.
+    Same family, seed, recipe, thread count and library versions give the same weights,
+    whether the run went through in one go or was killed and resumed (module
+    :mod:`vlmlens.zoo.resume`): a run started again with the same arguments continues from
+    the snapshot it left in ``out``.
 
     Args:
         family: ``"llava"`` (late fusion), ``"paligemma"`` (early) or ``"qwen2_vl"`` (native).
@@ -239,24 +248,45 @@ def train_fusion(
             without gradients (e.g. to record a learning curve); it must not change the
             model or use torch's global random state.
         callback_every: Steps between callback calls.
+        snapshot_every: Steps between the run's snapshots (a kill loses at most these).
+        restart: Discard a snapshot in ``out`` and start over.
 
     Returns:
         A :class:`FusionResult`.
 
     Raises:
         UnsupportedArchitectureError: For an unknown family.
-        ZooError: For an invalid recipe or step count.
+        ZooError: For an invalid recipe, step count or ``snapshot_every``, or a snapshot in
+            ``out`` left by a run with other arguments.
     """
     check_family(family)
+    if snapshot_every < 1:
+        raise ZooError(f"snapshot_every must be >= 1; got {snapshot_every}.")
     r = recipe if recipe is not None else FUSION_RECIPES[family]
     if steps is not None:
         r = r.scaled(steps)
-    start = time.perf_counter()
+    began = time.perf_counter()
+    path = state_path(out)
+    if restart:
+        path.unlink(missing_ok=True)
+    key = {"family": family, "seed": seed, "recipe": _recipe_dict(r), "threads": threads, "versions": versions()}
+    state = load_state(path, key)
     with torch_threads(threads):
-        model, processor, ts, pre = prepare(family, r, seed, progress=progress)
-        results = []
-        for index, stage in enumerate(r.stages):
-            hook = _bind(callback, stage.name) if callback is not None else None
+        model, processor, ts, pre = prepare(family, r, seed, progress=progress, pretrain=state is None)
+        if state is None:
+            state = _snapshot(key, 0, [], None, model, pre, time.perf_counter() - began)
+            save_state(path, state)
+        else:
+            model.load_state_dict(state.model)
+            torch.set_rng_state(state.torch_rng)
+            logger.info("%s: resuming the run in %s at stage %d", family, out, state.stage)
+        results = list(state.done)
+        for index in range(state.stage, len(r.stages)):
+            stage = r.stages[index]
+
+            def snapshot(current: StageState, index: int = index) -> None:
+                save_state(path, _snapshot(key, index, results, current, model, state.pretrain, state.seconds))
+
             results.append(
                 run_stage(
                     family,
@@ -268,25 +298,50 @@ def train_fusion(
                     batch_size=r.batch_size,
                     weight_decay=r.weight_decay,
                     progress=progress,
-                    callback=hook,
+                    callback=_bind(callback, stage.name) if callback is not None else None,
                     callback_every=callback_every,
+                    start=state.current if index == state.stage else None,
+                    snapshot=snapshot,
+                    snapshot_every=snapshot_every,
                 )
             )
+            save_state(path, _snapshot(key, index + 1, results, None, model, state.pretrain, state.seconds))
         folder = save_checkpoint(model, processor, out)
-        seconds = time.perf_counter() - start
+        path.unlink()
     result = FusionResult(
         family=family,
         out=folder,
         seed=seed,
-        seconds=seconds,
+        seconds=state.seconds + sum(s.seconds for s in results),
         threads=threads,
         n_params=sum(p.numel() for p in model.parameters()),
-        vision_pretrain=pre,
+        vision_pretrain=state.pretrain,
         stages=tuple(results),
     )
     write_meta(folder, _meta(result, r))
-    logger.info("trained %s (zoo v2, %s fusion) in %.0f s", family, r.fusion, seconds)
+    logger.info("trained %s (zoo v2, %s fusion) in %.0f s", family, r.fusion, result.seconds)
     return result
+
+
+def _snapshot(
+    key: dict[str, Any],
+    stage: int,
+    done: list[StageResult],
+    current: StageState | None,
+    model: nn.Module,
+    pretrain: PretrainResult | None,
+    seconds: float,
+) -> RunState:
+    return RunState(
+        key=key,
+        stage=stage,
+        done=tuple(done),
+        current=current,
+        model=model.state_dict(),
+        pretrain=pretrain,
+        torch_rng=torch.get_rng_state(),
+        seconds=seconds,
+    )
 
 
 def _bind(callback: Callable[[str, int, nn.Module], None], name: str) -> Callable[[int, nn.Module], None]:
@@ -296,9 +351,14 @@ def _bind(callback: Callable[[str, int, nn.Module], None], name: str) -> Callabl
     return hook
 
 
-def _meta(result: FusionResult, r: FusionRecipe) -> dict[str, Any]:
+def _recipe_dict(r: FusionRecipe) -> dict[str, Any]:
     recipe = dataclasses.asdict(r)
     recipe["data"]["synth"] = r.data.synth.to_dict()
+    return recipe
+
+
+def _meta(result: FusionResult, r: FusionRecipe) -> dict[str, Any]:
+    recipe = _recipe_dict(r)
     return {
         "zoo_version": 2,
         "family": result.family,

@@ -7,7 +7,7 @@ pre-training on the same questions and answers).
 
 Examples:
     >>> from vlmlens.zoo.stages import Stage
-    >>> Stage(name="align", steps=100, lr=2e-3, train=("projector",), caption_rate=1.0).train
+    >>> Stage(name="align", steps=100, lr=2e-3, train=("projector",), caption_rate=1.0, grounding_rate=0.0).train
     ('projector',)
 """
 
@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -120,6 +120,28 @@ class StageResult:
     losses: tuple[float, ...]
 
 
+@dataclass(frozen=True, kw_only=True)
+class StageState:
+    """A stage interrupted after ``step`` steps: enough to continue it bit for bit
+    (:mod:`vlmlens.zoo.resume` keeps it with the weights).
+
+    Attributes:
+        step: Steps taken.
+        losses: Loss of each step taken.
+        seconds: Wall-clock seconds spent on them.
+        optimizer: The AdamW state (``state_dict``).
+        scheduler: The learning-rate schedule's state.
+        sampler: The example order's state (:meth:`Sampler.state`).
+    """
+
+    step: int
+    losses: tuple[float, ...]
+    seconds: float
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    sampler: dict[str, Any]
+
+
 def part_modules(family: Family, model: nn.Module) -> dict[Part, tuple[nn.Module, ...]]:
     """The modules of each part of a zoo model.
 
@@ -201,6 +223,20 @@ class Sampler:
         """The example indices of the next batch."""
         return [i for kind, n in self.counts.items() for i in self._take(kind, n)]
 
+    def state(self) -> dict[str, Any]:
+        """The order's state (random generator, current permutations, positions)."""
+        return {
+            "rng": self.rng.bit_generator.state,
+            "orders": {k: torch.from_numpy(v.copy()) for k, v in self.orders.items()},
+            "pos": dict(self.pos),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state` of a sampler built with the same arguments."""
+        self.rng.bit_generator.state = state["rng"]
+        self.orders = {k: v.numpy() for k, v in state["orders"].items()}
+        self.pos = dict(state["pos"])
+
 
 def run_stage(
     family: Family,
@@ -215,6 +251,9 @@ def run_stage(
     progress: bool = True,
     callback: Callable[[int, nn.Module], None] | None = None,
     callback_every: int = 100,
+    start: StageState | None = None,
+    snapshot: Callable[[StageState], None] | None = None,
+    snapshot_every: int = 100,
 ) -> StageResult:
     """Train a model for one stage (AdamW, warm-up + cosine, gradient clipping 1.0).
 
@@ -231,19 +270,30 @@ def run_stage(
         callback: Called as ``callback(step, model)`` every ``callback_every`` steps and
             after the last, in eval mode and without gradients.
         callback_every: Steps between callback calls.
+        start: Continue an interrupted run of this stage from its state (the model must
+            hold the weights it had then); ``None`` starts the stage.
+        snapshot: Called with the stage's state every ``snapshot_every`` steps (not
+            after the last), e.g. to save it (:mod:`vlmlens.zoo.resume`).
+        snapshot_every: Steps between snapshots.
 
     Returns:
         A :class:`StageResult`.
     """
-    start = time.perf_counter()
+    began = time.perf_counter()
     params = set_trainable(family, model, stage.train)
     opt = torch.optim.AdamW(param_groups(family, model, stage, params), weight_decay=weight_decay, betas=(0.9, 0.98))
     sched = warmup_cosine(opt, stage.steps, stage.warmup)
     rates = {"caption": stage.caption_rate, "grounding": stage.grounding_rate}
     sampler = Sampler(ts, batch_size, rates, [seed, 17, index])
-    _train_mode(family, model, stage.train)
     losses: list[float] = []
-    bar = progress_bar(range(stage.steps), desc=f"{family}: {stage.name}", progress=progress, leave=False)
+    earlier = 0.0
+    if start is not None:
+        opt.load_state_dict(start.optimizer)
+        sched.load_state_dict(start.scheduler)
+        sampler.restore(start.sampler)
+        losses, earlier = list(start.losses), start.seconds
+    _train_mode(family, model, stage.train)
+    bar = progress_bar(range(len(losses), stage.steps), desc=f"{family}: {stage.name}", progress=progress, leave=False)
     for step in bar:
         batch = collate(ts, sampler.next(), text_only=stage.text_only)
         for key in AUX_KEYS:
@@ -252,13 +302,23 @@ def run_stage(
         losses.append(optimizer_step(opt, sched, params, loss))
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
         report(callback, step + 1, stage.steps, callback_every, model, lambda: _train_mode(family, model, stage.train))
+        if snapshot is not None and (step + 1) % snapshot_every == 0 and step + 1 < stage.steps:
+            state = StageState(
+                step=step + 1,
+                losses=tuple(losses),
+                seconds=earlier + time.perf_counter() - began,
+                optimizer=opt.state_dict(),
+                scheduler=sched.state_dict(),
+                sampler=sampler.state(),
+            )
+            snapshot(state)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
     result = StageResult(
         name=stage.name,
         steps=stage.steps,
-        seconds=time.perf_counter() - start,
+        seconds=earlier + time.perf_counter() - began,
         final_loss=float(np.mean(losses[-50:])),
         losses=tuple(losses),
     )

@@ -241,7 +241,9 @@ def train(
     return result
 
 
-def prepare(family: Family, r: Any, seed: int, *, progress: bool = True) -> tuple[Any, Any, TrainSet, PretrainResult | None]:
+def prepare(
+    family: Family, r: Any, seed: int, *, progress: bool = True, pretrain: bool = True
+) -> tuple[Any, Any, TrainSet, PretrainResult | None]:
     """Build the processor, the seeded model and the training set, and pre-train the tower.
 
     Args:
@@ -251,6 +253,8 @@ def prepare(family: Family, r: Any, seed: int, *, progress: bool = True) -> tupl
             ``data``, ``vision_pretrain_*`` and ``freeze_vision``).
         seed: Seed of the weights and of the tower pre-training.
         progress: Show a tqdm progress bar.
+        pretrain: Pre-train the tower as the recipe says; ``False`` skips it (a resumed
+            run loads weights that already include it).
 
     Returns:
         ``(model, processor, train_set, tower_result)``; ``tower_result`` is ``None``
@@ -270,7 +274,7 @@ def prepare(family: Family, r: Any, seed: int, *, progress: bool = True) -> tupl
     ts = build_train_set(family, processor, r.data)
     logger.info("%s: %d images, %d examples", family, len(ts.pixels), len(ts.examples))
     pre = None
-    if r.vision_pretrain_steps:
+    if pretrain and r.vision_pretrain_steps:
         pre = pretrain_vision_tower(
             family,
             model,
@@ -378,7 +382,7 @@ def _meta(result: TrainResult, r: Recipe) -> dict[str, Any]:
 def versions() -> dict[str, str]:
     """The library versions a checkpoint was trained with (weights depend on them)."""
     return {
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a TorchVersion otherwise, which snapshots cannot load safely
         "transformers": transformers.__version__,
         "python": platform.python_version(),
     }

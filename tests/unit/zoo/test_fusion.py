@@ -11,7 +11,7 @@ import torch
 from vlmlens.data import SynthConfig
 from vlmlens.testing import tiny_hf
 from vlmlens.zoo import stages
-from vlmlens.zoo.cli import add_parser
+from vlmlens.zoo.cli import add_parser, main
 from vlmlens.zoo.configs import build_config
 from vlmlens.zoo.data import DataConfig, build_train_set, collate
 from vlmlens.zoo.errors import ZooError
@@ -184,13 +184,32 @@ def test_sampler_is_deterministic():
     assert (kinds.count("caption"), kinds.count("grounding"), kinds.count("qa")) == (2, 2, 4)
 
 
+def test_sampler_state_continues_the_same_order():
+    _, processor = tiny_hf("llava")
+    ts = build_train_set("llava", processor, SMALL)
+    rates = {"caption": 0.25, "grounding": 0.25}
+    a = Sampler(ts, 8, rates, [0, 17, 1])
+    # Far enough to reshuffle every pool at least once before the state is taken.
+    for _ in range(len(ts.examples)):
+        a.next()
+    restored = Sampler(ts, 8, rates, [0, 17, 1])
+    restored.restore(a.state())
+    assert [restored.next() for _ in range(len(ts.examples))] == [a.next() for _ in range(len(ts.examples))]
+
+
 def test_cli_version_flag():
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")
     add_parser(sub)
     args = parser.parse_args(["zoo", "train", "--family", "paligemma", "--out", "x", "--version", "2"])
-    assert args.version == 2
+    assert (args.version, args.restart) == (2, False)
     assert parser.parse_args(["zoo", "train", "--family", "llava", "--out", "x"]).version == 1
+
+
+def test_cli_restart_is_for_version_2(tmp_path, capsys):
+    assert main(["train", "--family", "llava", "--out", str(tmp_path), "--restart"]) == 2
+    assert "--restart applies to --version 2 runs" in capsys.readouterr().out
+    assert not any(tmp_path.iterdir())
 
 
 def test_compact_weights_halve_the_file_and_load_as_float32(tmp_path):
