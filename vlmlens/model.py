@@ -437,6 +437,7 @@ class HookedVLM(TLSurface):
         """A context manager applying interventions to every forward inside it.
 
         Examples:
+            >>> from vlmlens.ops import Ablate
             >>> with model.hooks([Ablate(site="text.blocks.0.hook_attn_out")], batch):
             ...     logits = model.forward(batch)
 

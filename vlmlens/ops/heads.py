@@ -11,7 +11,7 @@ and which layers carry information from one token group to another.
 
 Examples:
     >>> scores = visual_heads(model, batch, queries="question")
-    >>> scores.top(3)                                  # [((layer, head), mass), ...]
+    >>> (layer, head), mass = scores.top(3)[0]  # the head that attends most to the image
     >>> flow = knockout_flow(model, batch, metric, queries="last", keys="image", window=2)
 """
 

@@ -14,7 +14,7 @@ edit does when the whole sequence is recomputed without a KV cache at every step
 
 Examples:
     >>> from vlmlens.ops import Ablate, run_with_interventions
-    >>> logits = run_with_interventions(model, batch, [Ablate("text.blocks.0.attn.hook_z", heads=(1,))])
+    >>> logits = run_with_interventions(model, batch, [Ablate(site="text.blocks.0.attn.hook_z", heads=(1,))])
 """
 
 from __future__ import annotations
@@ -349,7 +349,7 @@ class AtSteps(Intervention):
 
     Examples:
         >>> steer = Steer(site="text.blocks.1.hook_resid_pre", vector=v)
-        >>> model.generate(batch, max_new_tokens=5, interventions=[AtSteps(interventions=(steer,), steps=(2, 3))])
+        >>> out = model.generate(batch, max_new_tokens=5, interventions=[AtSteps(interventions=(steer,), steps=(2, 3))])
     """
 
     interventions: tuple[Intervention, ...]

@@ -11,7 +11,7 @@ import torch
 from vlmlens.errors import InputError, InterventionError
 from vlmlens.inputs import Batch
 from vlmlens.layout import TokenLayout
-from vlmlens.sites import Point, Site, Tower
+from vlmlens.sites import Site, Tower
 
 __all__ = ["RoleMean", "mean_activation", "top_patches"]
 

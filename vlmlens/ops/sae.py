@@ -13,6 +13,7 @@ Exactness: with ``keep_error=True`` the site becomes ``x + decode(f') - decode(f
 bit for bit, and a feature edit moves the activation by exactly the decoder's change.
 
 Examples:
+    >>> from vlmlens.ops import run_with_interventions
     >>> splice = Splice(site="text.blocks.0.hook_resid_post", sae=sae, ablate=(3, 17), keep_error=True)
     >>> logits = run_with_interventions(model, batch, [splice])
     >>> feats = sae_features(model, batch, "text.blocks.0.hook_resid_post", sae, positions="last")
