@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from vlmlens.data import SynthConfig
+from vlmlens.zoo import fusion
 from vlmlens.zoo.errors import ZooError
 from vlmlens.zoo.evaluate import evaluate
 from vlmlens.zoo.fusion import FUSION_RECIPES, train_fusion
@@ -141,6 +142,7 @@ def test_v2_interrupted_run_resumes_to_the_same_weights(tmp_path, family):
     recipe = quick_v2(family)
     last = recipe.stages[-1]
     train_fusion(family, tmp_path / "straight", recipe=recipe, progress=False)
+    rng = torch.get_rng_state()
     # Interrupted at step 5 of the last stage; the snapshot is from step 4, so the resumed
     # run redoes step 5 from the saved weights, optimiser, schedule and example order.
     with pytest.raises(Killed):
@@ -157,12 +159,31 @@ def test_v2_interrupted_run_resumes_to_the_same_weights(tmp_path, family):
     assert not (tmp_path / "resumed" / "model.safetensors").exists()
     result = train_fusion(family, tmp_path / "resumed", recipe=recipe, progress=False, snapshot_every=2)
     assert same_weights(tmp_path / "straight", tmp_path / "resumed")
+    assert torch.equal(torch.get_rng_state(), rng)
     assert not state_path(tmp_path / "resumed").exists()
     assert [s.steps for s in result.stages] == [s.steps for s in recipe.stages]
     assert len(result.stages[-1].losses) == last.steps
     straight, resumed = (read_meta(tmp_path / x) for x in ("straight", "resumed"))
     assert [s["final_loss"] for s in resumed["stages"]] == [s["final_loss"] for s in straight["stages"]]
     assert resumed["vision_pretrain"] == straight["vision_pretrain"]
+
+
+@pytest.mark.slow
+def test_v2_kill_before_the_checkpoint_is_saved_loses_nothing(tmp_path, monkeypatch):
+    # Killed after the last stage, before the weights are written: the snapshot says every
+    # stage is done, and the next run only saves.
+    recipe = quick_v2("llava")
+    monkeypatch.setattr(fusion, "save_checkpoint", lambda *args: (_ for _ in ()).throw(Killed()))
+    with pytest.raises(Killed):
+        train_fusion("llava", tmp_path / "resumed", recipe=recipe, progress=False)
+    assert torch.load(state_path(tmp_path / "resumed"), weights_only=True)["stage"] == len(recipe.stages)
+    monkeypatch.undo()
+    result = train_fusion("llava", tmp_path / "resumed", recipe=recipe, progress=False)
+    assert [len(s.losses) for s in result.stages] == [s.steps for s in recipe.stages]
+    train_fusion("llava", tmp_path / "straight", recipe=recipe, progress=False)
+    assert same_weights(tmp_path / "straight", tmp_path / "resumed")
+    resumed, straight = (read_meta(tmp_path / x)["stages"] for x in ("resumed", "straight"))
+    assert [(s["name"], s["final_loss"]) for s in resumed] == [(s["name"], s["final_loss"]) for s in straight]
 
 
 KILLED_RUN = """

@@ -44,7 +44,13 @@ from vlmlens.zoo.data import DataConfig
 from vlmlens.zoo.errors import ZooError, check_family
 from vlmlens.zoo.io import write_meta
 from vlmlens.zoo.pretrain import PretrainResult
-from vlmlens.zoo.resume import RunState, load_state, save_state, state_path
+from vlmlens.zoo.resume import (
+    SNAPSHOT_FORMAT,
+    RunState,
+    load_state,
+    save_state,
+    state_path,
+)
 from vlmlens.zoo.stages import Stage, StageResult, StageState, run_stage
 from vlmlens.zoo.tokenizer import Family
 from vlmlens.zoo.train import prepare, save_checkpoint, torch_threads, versions
@@ -248,7 +254,10 @@ def train_fusion(
             without gradients (e.g. to record a learning curve); it must not change the
             model or use torch's global random state.
         callback_every: Steps between callback calls.
-        snapshot_every: Steps between the run's snapshots (a kill loses at most these).
+        snapshot_every: Steps between a stage's snapshots: a kill loses at most these
+            steps of the stage it interrupts (or the tower pre-training and data
+            preparation, which are not snapshotted mid-way). A resumed run calls
+            ``callback`` again for the steps it redoes.
         restart: Discard a snapshot in ``out`` and start over.
 
     Returns:
@@ -269,7 +278,14 @@ def train_fusion(
     path = state_path(out)
     if restart:
         path.unlink(missing_ok=True)
-    key = {"family": family, "seed": seed, "recipe": _recipe_dict(r), "threads": threads, "versions": versions()}
+    key = {
+        "format": SNAPSHOT_FORMAT,
+        "family": family,
+        "seed": seed,
+        "recipe": _recipe_dict(r),
+        "threads": threads,
+        "versions": versions(),
+    }
     state = load_state(path, key)
     with torch_threads(threads):
         model, processor, ts, pre = prepare(family, r, seed, progress=progress, pretrain=state is None)
@@ -307,7 +323,6 @@ def train_fusion(
             )
             save_state(path, _snapshot(key, index + 1, results, None, model, state.pretrain, state.seconds))
         folder = save_checkpoint(model, processor, out)
-        path.unlink()
     result = FusionResult(
         family=family,
         out=folder,
@@ -319,6 +334,7 @@ def train_fusion(
         stages=tuple(results),
     )
     write_meta(folder, _meta(result, r))
+    path.unlink()  # only now: a kill before this point resumes and saves again
     logger.info("trained %s (zoo v2, %s fusion) in %.0f s", family, r.fusion, result.seconds)
     return result
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -191,6 +192,8 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 
 
 def write_meta(path: str | Path, meta: dict[str, Any]) -> None:
-    """Write ``zoo.json`` into a checkpoint folder."""
+    """Write ``zoo.json`` into a checkpoint folder (atomically: a kill leaves the old file or the new)."""
     file = Path(path) / META_FILE
-    file.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp = file.with_name(file.name + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, file)

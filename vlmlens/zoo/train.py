@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.metadata
 import logging
 import platform
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL
 import torch
 import transformers
 from transformers import PreTrainedModel
@@ -384,6 +386,9 @@ def versions() -> dict[str, str]:
     return {
         "torch": str(torch.__version__),  # a TorchVersion otherwise, which snapshots cannot load safely
         "transformers": transformers.__version__,
+        "numpy": np.__version__,
+        "pillow": PIL.__version__,
+        "vlmlens": importlib.metadata.version("vlmlens"),
         "python": platform.python_version(),
     }
 
