@@ -76,6 +76,7 @@ def test_same_seed_same_weights(tmp_path):
 SHORT_V2 = dataclasses.replace(
     FUSION_RECIPES["llava"],
     size="tiny",
+    batch_size=32,
     vision_pretrain_steps=100,
     vision_pretrain_batch=32,
     stages=(
@@ -103,10 +104,10 @@ def test_v2_late_fusion_learns_from_the_image(tmp_path):
 
 def quick_v2(family: str):
     """A few steps per stage on 40 scenes per size: enough to touch every stage's code
-    (lm-text 3 steps; llava and qwen2_vl: align 1, then 7; paligemma: joint 8)."""
+    (lm-text 3 steps; llava and qwen2_vl: align 1, then 8; paligemma: joint 8)."""
     data = dataclasses.replace(SHORT_V2.data, n_images=40)
     base = SHORT_V2 if family == "llava" else dataclasses.replace(FUSION_RECIPES[family], size="tiny")
-    return dataclasses.replace(base, data=data, vision_pretrain_batch=16).scaled(12)
+    return dataclasses.replace(base, data=data, batch_size=32, vision_pretrain_batch=16).scaled(12)
 
 
 def same_weights(a, b) -> bool:

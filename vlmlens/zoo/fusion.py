@@ -101,9 +101,9 @@ class FusionRecipe:
     fusion: Fusion
     stages: tuple[Stage, ...]
     data: DataConfig = field(default_factory=lambda: ZOO2_DATA)
-    batch_size: int = 32
+    batch_size: int = 64
     weight_decay: float = 0.01
-    vision_pretrain_steps: int = 300
+    vision_pretrain_steps: int = 150
     vision_pretrain_lr: float = 3e-3
     vision_pretrain_batch: int = 64
     vision_pretrain_merger: bool = False
@@ -161,12 +161,12 @@ def _late() -> tuple[Stage, ...]:
     return (
         _lm_text(),
         Stage(name="align", steps=200, lr=2e-3, train=("projector",), caption_rate=1.0, grounding_rate=0.0),
-        Stage(name="instruct", steps=1600, lr=1e-3, train=("projector", "lm")),
+        Stage(name="instruct", steps=2000, lr=1e-3, train=("projector", "lm")),
     )
 
 
 def _early() -> tuple[Stage, ...]:
-    return (_lm_text(), Stage(name="joint", steps=1800, lr=1e-3, train=("tower", "projector", "lm")))
+    return (_lm_text(), Stage(name="joint", steps=2200, lr=1e-3, train=("tower", "projector", "lm")))
 
 
 def _native() -> tuple[Stage, ...]:
@@ -175,7 +175,7 @@ def _native() -> tuple[Stage, ...]:
     return (
         _lm_text(),
         Stage(name="align", steps=200, lr=2e-3, train=("tower", "projector"), caption_rate=1.0, grounding_rate=0.0),
-        Stage(name="joint", steps=1600, lr=1e-3, train=("tower", "projector", "lm")),
+        Stage(name="joint", steps=2000, lr=1e-3, train=("tower", "projector", "lm")),
     )
 
 
