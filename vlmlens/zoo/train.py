@@ -388,9 +388,16 @@ def versions() -> dict[str, str]:
         "transformers": transformers.__version__,
         "numpy": np.__version__,
         "pillow": PIL.__version__,
-        "vlmlens": importlib.metadata.version("vlmlens"),
+        "vlmlens": _installed("vlmlens"),
         "python": platform.python_version(),
     }
+
+
+def _installed(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "not installed"
 
 
 def save_checkpoint(model: PreTrainedModel, processor: Any, out: str | Path) -> Path:
