@@ -5,10 +5,10 @@ folder, ``OUT/.train-state.pt``: the weights, the position in the recipe (stage 
 the optimiser, schedule and example-order state of the stage in progress, the losses so
 far, torch's random state and the seconds already spent. It is written (atomically) after
 the tower's pre-training, every ``snapshot_every`` steps and at each stage's end, and
-removed once the checkpoint and its ``zoo.json`` are saved. Started again with the same arguments, the run
-continues from the snapshot and ends with the weights an uninterrupted run gives, bit for
-bit; started with other arguments, it refuses (:class:`~vlmlens.zoo.errors.ZooError`)
-rather than mix two runs.
+removed once the checkpoint and its ``zoo.json`` are saved. Started again with the same
+arguments, the run continues from the snapshot and ends with the weights an uninterrupted
+run gives, bit for bit; started with other arguments, it refuses
+(:class:`~vlmlens.zoo.errors.ZooError`) rather than mix two runs.
 
 Examples:
     >>> from vlmlens.zoo.resume import STATE_FILE
@@ -34,7 +34,7 @@ from vlmlens.zoo.stages import StageResult, StageState
 STATE_FILE = ".train-state.pt"
 
 #: The layout of the snapshot's contents; part of every run's key.
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -122,11 +122,10 @@ class StageResult:
 
 @dataclass(frozen=True, kw_only=True)
 class StageState:
-    """A stage interrupted after ``step`` steps: enough to continue it bit for bit
+    """A stage interrupted after :attr:`step` steps: enough to continue it bit for bit
     (:mod:`vlmlens.zoo.resume` keeps it with the weights).
 
     Attributes:
-        step: Steps taken.
         losses: Loss of each step taken.
         seconds: Wall-clock seconds spent on them.
         optimizer: The AdamW state (``state_dict``).
@@ -134,12 +133,16 @@ class StageState:
         sampler: The example order's state (:meth:`Sampler.state`).
     """
 
-    step: int
     losses: tuple[float, ...]
     seconds: float
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
     sampler: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        """Steps taken (one loss each)."""
+        return len(self.losses)
 
 
 def part_modules(family: Family, model: nn.Module) -> dict[Part, tuple[nn.Module, ...]]:
@@ -293,7 +296,7 @@ def run_stage(
         sampler.restore(start.sampler)
         losses, earlier = list(start.losses), start.seconds
     _train_mode(family, model, stage.train)
-    bar = progress_bar(range(len(losses), stage.steps), desc=f"{family}: {stage.name}", progress=progress, leave=False)
+    bar = progress_bar(range(start.step if start is not None else 0, stage.steps), desc=f"{family}: {stage.name}", progress=progress, leave=False)
     for step in bar:
         batch = collate(ts, sampler.next(), text_only=stage.text_only)
         for key in AUX_KEYS:
@@ -304,7 +307,6 @@ def run_stage(
         report(callback, step + 1, stage.steps, callback_every, model, lambda: _train_mode(family, model, stage.train))
         if snapshot is not None and (step + 1) % snapshot_every == 0 and step + 1 < stage.steps:
             state = StageState(
-                step=step + 1,
                 losses=tuple(losses),
                 seconds=earlier + time.perf_counter() - began,
                 optimizer=opt.state_dict(),

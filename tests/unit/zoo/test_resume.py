@@ -20,7 +20,6 @@ def run_state(step: int = 2) -> RunState:
     layer(torch.ones(1, 3)).sum().backward()
     opt.step()
     current = StageState(
-        step=step,
         losses=(0.5,) * step,
         seconds=1.5,
         optimizer=opt.state_dict(),
