@@ -30,9 +30,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def is_toy(name: str) -> bool:
     """A shipped zoo toy or a random tiny model (``tiny-<family>``), rather than a real checkpoint."""
-    from vlmlens.zoo.registry import ZOO
+    from vlmlens.zoo.registry import NAMES
 
-    return name in ZOO or name.startswith("tiny-")
+    return name in NAMES or name.startswith("tiny-")
 
 
 def load_model(name: str, *, dtype: str | None = None, device: str | None = None,

@@ -50,12 +50,12 @@ def resolve_checkpoint(name_or_path: str | Path) -> str:
     if not isinstance(name_or_path, (str, Path)):
         raise InputError(f"from_pretrained needs a zoo name, hub id or directory, got {type(name_or_path).__name__}")
     name = str(name_or_path)
-    if name in registry.ZOO:
+    if name in registry.NAMES:
         return str(registry.checkpoint_path(name))
     if name.startswith("toy-"):
-        close = difflib.get_close_matches(name, list(registry.ZOO), n=2, cutoff=0.5)
+        close = difflib.get_close_matches(name, registry.NAMES, n=2, cutoff=0.5)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise LoadError(f"{name!r} is not a zoo model; the zoo has {', '.join(sorted(registry.ZOO))}.{hint}")
+        raise LoadError(f"{name!r} is not a zoo model; the zoo has {', '.join(registry.NAMES)}.{hint}")
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():

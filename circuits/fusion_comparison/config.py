@@ -17,7 +17,7 @@ class Config:
         out: where results.json, summary.md and report.html go.
     """
 
-    models: tuple[str, ...] = ("toy-llava", "toy-paligemma", "toy-qwen2vl")
+    models: tuple[str, ...] = ("toy-llava-v1", "toy-paligemma-v1", "toy-qwen2vl-v1")
     n_images: int = 40
     quick: bool = False
     out: str = "runs/fusion_comparison"

@@ -21,7 +21,7 @@ class Config:
         out: where results.json goes.
     """
 
-    models: tuple[str, ...] = ("toy-llava", "toy-paligemma", "toy-qwen2vl")
+    models: tuple[str, ...] = ("toy-llava-v1", "toy-paligemma-v1", "toy-qwen2vl-v1")
     n_images: int = 40
     methods: tuple[str, ...] = ("dla", "atp", "probe")
     k: int = 16

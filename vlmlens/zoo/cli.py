@@ -99,15 +99,17 @@ def run(args: argparse.Namespace) -> int:
 
 def _list() -> int:
     from vlmlens.zoo.io import read_meta
-    from vlmlens.zoo.registry import ZOO, checkpoint_path
+    from vlmlens.zoo.registry import ALIASES, ZOO, checkpoint_path
 
+    default_of = {v: k for k, v in ALIASES.items()}
     for name, e in ZOO.items():
         try:
             meta = read_meta(checkpoint_path(name))
             params = f"{meta.get('n_params', 0) / 1e6:.2f}M params"
         except VLMLensError:
             params = "checkpoint missing"
-        print(f"{name:15s} {e.architecture:36s} {params:18s} {e.description}")
+        alias = f"(= {default_of[name]})" if name in default_of else ""
+        print(f"{name:18s} {alias:17s} {e.architecture:36s} {params:18s} {e.description}")
     return 0
 
 

@@ -140,15 +140,15 @@ def resolve(name_or_path: str | Path) -> Path:
     Raises:
         ZooError: If it is neither a zoo name nor a folder (the message lists the names).
     """
-    from vlmlens.zoo.registry import ZOO, checkpoint_path
+    from vlmlens.zoo.registry import NAMES, checkpoint_path
 
-    if isinstance(name_or_path, str) and name_or_path in ZOO:
+    if isinstance(name_or_path, str) and name_or_path in NAMES:
         return checkpoint_path(name_or_path)
     folder = Path(name_or_path)
     if folder.is_dir():
         return folder
     raise ZooError(
-        f"{str(name_or_path)!r} is neither a zoo model ({', '.join(ZOO)}) nor a checkpoint folder."
+        f"{str(name_or_path)!r} is neither a zoo model ({', '.join(NAMES)}) nor a checkpoint folder."
     )
 
 

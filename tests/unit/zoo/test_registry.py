@@ -9,19 +9,30 @@ from vlmlens.data import parse_yes_no, synth_pope
 from vlmlens.zoo.errors import ZooError
 from vlmlens.zoo.evaluate import answer
 from vlmlens.zoo.io import load_pretrained, read_meta
-from vlmlens.zoo.registry import ZOO, checkpoint_path, entry
+from vlmlens.zoo.registry import ALIASES, DEFAULT_VERSION, NAMES, ZOO, ZooEntry, canonical, checkpoint_path, entry
 
-NAMES = sorted(ZOO)
+VERSIONED = sorted(ZOO)
 ARCHITECTURES = {
-    "toy-llava": "LlavaForConditionalGeneration",
-    "toy-paligemma": "PaliGemmaForConditionalGeneration",
-    "toy-qwen2vl": "Qwen2VLForConditionalGeneration",
+    "llava": "LlavaForConditionalGeneration",
+    "paligemma": "PaliGemmaForConditionalGeneration",
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
 }
 MAX_BYTES = 10 * 1024 * 1024
 
 
 def test_zoo_names():
-    assert NAMES == ["toy-llava", "toy-paligemma", "toy-qwen2vl"]
+    assert VERSIONED == ["toy-llava-v1", "toy-paligemma-v1", "toy-qwen2vl-v1"]
+    assert NAMES == ("toy-llava", "toy-paligemma", "toy-qwen2vl", *VERSIONED)
+
+
+def test_plain_names_are_the_default_version():
+    assert ALIASES == {e.alias: e.name for e in ZOO.values() if e.version == DEFAULT_VERSION}
+    assert sorted(ALIASES) == ["toy-llava", "toy-paligemma", "toy-qwen2vl"]
+    for alias, name in ALIASES.items():
+        assert canonical(alias) == canonical(name) == name
+        assert entry(alias) is ZOO[name] and entry(alias).version == DEFAULT_VERSION
+        assert checkpoint_path(alias) == checkpoint_path(name)
+        assert checkpoint_path(alias).name == name
 
 
 def test_unknown_name_lists_the_known_ones():
@@ -29,16 +40,17 @@ def test_unknown_name_lists_the_known_ones():
         checkpoint_path("toy-lava")
     with pytest.raises(ZooError, match="Did you mean 'toy-llava'"):
         entry("toy-lava")
+    with pytest.raises(ZooError, match=r"Unknown zoo model 'toy-llava-v9'.*toy-llava-v1"):
+        canonical("toy-llava-v9")
 
 
-def test_entry_names_must_start_with_toy():
-    from vlmlens.zoo.registry import ZooEntry
+@pytest.mark.parametrize("name", ["llava", "toy-llava", "toy-llava-v2x", "toy-llava-v2"])
+def test_entry_names_are_versioned(name):
+    with pytest.raises(ZooError, match=r"'toy-<model>-v<version>' with the entry's version \(1\)"):
+        ZooEntry(name=name, family="llava", architecture="X", version=1, description="")
 
-    with pytest.raises(ZooError, match="Zoo names start with 'toy-'"):
-        ZooEntry(name="llava", family="llava", architecture="X", description="")
 
-
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", VERSIONED)
 def test_checkpoint_files_and_size(name):
     folder = checkpoint_path(name)
     for file in ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json", "zoo.json"):
@@ -46,10 +58,11 @@ def test_checkpoint_files_and_size(name):
     assert (folder / "model.safetensors").stat().st_size <= MAX_BYTES
     meta = read_meta(folder)
     assert meta["family"] == ZOO[name].family
+    assert meta.get("zoo_version", 1) == ZOO[name].version  # v1 checkpoints predate the field
     assert meta["recipe"]["data"]["seed"] >= 1000  # disjoint from the test seed 0
 
 
-@pytest.fixture(scope="module", params=NAMES)
+@pytest.fixture(scope="module", params=VERSIONED)
 def loaded(request):
     model, processor = load_pretrained(request.param)
     return request.param, model, processor
@@ -57,7 +70,7 @@ def loaded(request):
 
 def test_loads_by_name_offline(loaded):
     name, model, processor = loaded
-    assert type(model).__name__ == ARCHITECTURES[name]
+    assert type(model).__name__ == ARCHITECTURES[ZOO[name].family] == ZOO[name].architecture
     assert not model.training
     assert model.config._attn_implementation == "eager"
     assert processor.tokenizer.image_token_id == model.config.image_token_id
