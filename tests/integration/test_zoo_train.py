@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from safetensors.torch import load_file
 
 from vlmlens.data import SynthConfig
 from vlmlens.zoo import fusion
+from vlmlens.zoo.cli import main as zoo_main
 from vlmlens.zoo.errors import ZooError
 from vlmlens.zoo.evaluate import evaluate
 from vlmlens.zoo.fusion import FUSION_RECIPES, train_fusion
@@ -88,18 +90,46 @@ SHORT_V2 = dataclasses.replace(
 )
 
 
+@pytest.fixture(scope="module")
+def late_v2(tmp_path_factory):
+    """The shortened late arm, trained once for the tests that read it."""
+    out = tmp_path_factory.mktemp("late") / "v2"
+    return out, train_fusion("llava", out, seed=0, recipe=SHORT_V2, progress=False)
+
+
 @pytest.mark.slow
-def test_v2_late_fusion_learns_from_the_image(tmp_path):
-    result = train_fusion("llava", tmp_path / "v2", seed=0, recipe=SHORT_V2, progress=False)
+def test_v2_late_fusion_learns_from_the_image(late_v2):
+    folder, result = late_v2
     text, align, instruct = result.stages
     assert (text.name, align.name, instruct.name) == ("lm-text", "align", "instruct")
     assert text.final_loss < 0.5 * text.losses[0]  # the text-only LM learns the priors
     assert instruct.final_loss < 0.75 * text.final_loss, (text.final_loss, instruct.final_loss)
-    meta = read_meta(tmp_path / "v2")
+    meta = read_meta(folder)
     assert (meta["zoo_version"], meta["fusion"]) == (2, "late")
     assert [s["name"] for s in meta["stages"]] == ["lm-text", "align", "instruct"]
-    metrics = evaluate(tmp_path / "v2", "random", n_images=10, seed=0, progress=False)
+    metrics = evaluate(folder, "random", n_images=10, seed=0, progress=False)
     assert metrics.n == 60
+
+
+@pytest.mark.slow
+def test_v2_report_writes_the_measured_card(late_v2, tmp_path):
+    folder, _ = late_v2
+    assert zoo_main(["report", str(folder), "--out", str(tmp_path), "--name", "toy-llava-v2-test",
+                     "--n-images", "3", "--profile-images", "2"]) == 0
+    card = json.loads((tmp_path / "toy-llava-v2-test.json").read_text())
+    text = (tmp_path / "toy-llava-v2-test.md").read_text()
+    assert (card["name"], card["fusion"], card["train_seed"], card["test_seed"]) == ("toy-llava-v2-test", "late", 0, 0)
+    for split in ("adversarial", "popular", "random"):  # the card's numbers are evaluate's
+        m = evaluate(folder, split, n_images=3, seed=0, progress=False)
+        assert card["metrics"][split] == json.loads(json.dumps(m.to_dict()))
+        assert f"| {split} | 18 | **{m.accuracy:.3f}** |" in text
+        assert f"| {m.fp} | {m.fn} |" in text
+    assert text.startswith("# toy-llava-v2-test\n") and "**late-fusion arm** (llava), training seed 0" in text
+    for stage in read_meta(folder)["stages"]:
+        assert f"| `{stage['name']}` | {stage['steps']:,} |" in text
+    assert card["profile"]["n_questions"] == 12 and len(card["profile"]["answer_margin"]) == 2  # 2 tiny text layers
+    assert card["shipped_recipe"] is False  # a shortened recipe: `zoo train` would not rebuild it
+    assert "# not vlmlens.zoo.fusion.FUSION_RECIPES: rebuild with train_fusion" in text
 
 
 def quick_v2(family: str):

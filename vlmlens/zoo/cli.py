@@ -5,6 +5,8 @@ The top-level ``vlmlens`` command dispatches ``vlmlens zoo ...`` here::
     vlmlens zoo list
     vlmlens zoo train --family llava --out DIR --seed 0 [--steps N] [--threads 1] [--version 2]
     vlmlens zoo eval toy-llava --split adversarial [--n-images 500] [--seed 0]
+    vlmlens zoo card toy-llava [--n-images 100]
+    vlmlens zoo report DIR --out docs/zoo [--name toy-llava-v2]
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from vlmlens.errors import VLMLensError
@@ -58,6 +61,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     _test_arguments(sub.add_parser("eval", help="POPE metrics of a zoo model on a SynthPOPE split"), 500)
     _test_arguments(sub.add_parser("card", help="where a zoo model's answer forms: logit-lens margins, MLP "
                                                "zeroing per block"), 100)
+    p_report = sub.add_parser("report", help="a zoo v2 checkpoint's model card: test metrics on the three splits, "
+                                             "layer profile, recipe (writes NAME.md and NAME.json)")
+    p_report.add_argument("model", help="zoo name or checkpoint folder (zoo v2)")
+    p_report.add_argument("--out", required=True, help="folder for the card (e.g. docs/zoo)")
+    p_report.add_argument("--name", default=None, help="card name (default: the model's name or folder name)")
+    p_report.add_argument("--n-images", type=int, default=500, help="test scenes per split (default 500)")
+    p_report.add_argument("--profile-images", type=int, default=100, help="test scenes for the layer profile "
+                                                                         "(default 100)")
+    p_report.add_argument("--seed", type=int, default=0, help="SynthPOPE seed of the test scenes")
 
     parser.set_defaults(func=run)
     return parser
@@ -90,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
             return _eval(args)
         if args.zoo_command == "card":
             return _card(args)
+        if args.zoo_command == "report":
+            return _report(args)
     except VLMLensError as exc:
         print(f"error: {exc}")
         return 2
@@ -148,6 +162,19 @@ def _card(args: argparse.Namespace) -> int:
 
     profile = layer_profile(args.model, args.split, n_images=args.n_images, seed=args.seed)
     print(json.dumps(profile.to_dict(), indent=2) if args.json else profile.to_markdown())
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from vlmlens.zoo.report import measure_card
+
+    card = measure_card(args.model, name=args.name, n_images=args.n_images, profile_images=args.profile_images,
+                        seed=args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{card.name}.md").write_text(card.to_markdown())
+    (out / f"{card.name}.json").write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+    print(f"wrote {out / card.name}.md and .json: adversarial accuracy {card.metrics['adversarial'].accuracy:.3f}")
     return 0
 
 

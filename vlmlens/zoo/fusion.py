@@ -282,7 +282,7 @@ def train_fusion(
         "format": SNAPSHOT_FORMAT,
         "family": family,
         "seed": seed,
-        "recipe": _recipe_dict(r),
+        "recipe": recipe_dict(r),
         "threads": threads,
         "versions": versions(),
     }
@@ -367,14 +367,15 @@ def _bind(callback: Callable[[str, int, nn.Module], None], name: str) -> Callabl
     return hook
 
 
-def _recipe_dict(r: FusionRecipe) -> dict[str, Any]:
+def recipe_dict(r: FusionRecipe) -> dict[str, Any]:
+    """A recipe as ``zoo.json`` records it (JSON-ready apart from tuples)."""
     recipe = dataclasses.asdict(r)
     recipe["data"]["synth"] = r.data.synth.to_dict()
     return recipe
 
 
 def _meta(result: FusionResult, r: FusionRecipe) -> dict[str, Any]:
-    recipe = _recipe_dict(r)
+    recipe = recipe_dict(r)
     return {
         "zoo_version": 2,
         "family": result.family,

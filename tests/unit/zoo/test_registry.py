@@ -9,7 +9,16 @@ from vlmlens.data import parse_yes_no, synth_pope
 from vlmlens.zoo.errors import ZooError
 from vlmlens.zoo.evaluate import answer
 from vlmlens.zoo.io import load_pretrained, read_meta
-from vlmlens.zoo.registry import ALIASES, DEFAULT_VERSION, NAMES, ZOO, ZooEntry, canonical, checkpoint_path, entry
+from vlmlens.zoo.registry import (
+    ALIASES,
+    DEFAULT_VERSION,
+    NAMES,
+    ZOO,
+    ZooEntry,
+    canonical,
+    checkpoint_path,
+    entry,
+)
 
 VERSIONED = sorted(ZOO)
 ARCHITECTURES = {

@@ -84,3 +84,39 @@ def test_cli_list_and_unknown_model(capsys):
 def test_recipe_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         RECIPES["llava"].steps = 3  # type: ignore[misc]
+
+
+def test_report_refuses_a_v1_checkpoint():
+    from vlmlens.zoo.report import measure_card
+
+    with pytest.raises(ZooError, match=r"'?toy-llava-v1'? is not a zoo v2 checkpoint .*zoo_version None.*vlmlens zoo eval"):
+        measure_card("toy-llava-v1")
+
+
+def test_card_names_the_rebuild_command_only_for_the_code_recipe():
+    import json
+
+    from vlmlens.data import PopeMetrics
+    from vlmlens.zoo.card import LayerProfile
+    from vlmlens.zoo.fusion import FUSION_RECIPES, recipe_dict
+    from vlmlens.zoo.report import ZooCard
+
+    profile = LayerProfile(model="m", split="adversarial", n_questions=12, seed=0, accuracy=0.5,
+                           answer_margin=(0.1,), answer_margin_blank=(0.0,), peak_visual_layer=0,
+                           mlp_zero_accuracy=(0.5,), mlp_zero_flips=(0.0,), mlp_zero_flips_ci=((0.0, 0.0),))
+    recipe = json.loads(json.dumps(recipe_dict(FUSION_RECIPES["qwen2_vl"])))
+    meta = {"family": "qwen2_vl", "fusion": "native", "seed": 2, "threads": 1, "n_params": 10, "train_seconds": 60.0,
+            "versions": {}, "recipe": recipe, "vision_pretrain": None,
+            "stages": [{"seconds": 1.0, "final_loss": 0.5} for _ in recipe["stages"]]}
+    metrics = {s: PopeMetrics(tp=3, fp=2 if s == "adversarial" else 1, tn=1, fn=0)
+               for s in ("adversarial", "popular", "random")}
+    card = ZooCard(name="toy-qwen2vl-v2-seed2", meta=meta, test_seed=0, metrics=metrics, n_images=1, profile=profile)
+    assert card.shipped_recipe
+    text = card.to_markdown()
+    assert "vlmlens zoo train --version 2 --family qwen2_vl --seed 2 --out DIR --threads 1" in text
+    assert "against popular ones: 2\nvs 1 (2.0x)." in text
+    assert "| `joint` | 2,000 | 0.001 | tower, projector, lm | yes |" in text
+    other = ZooCard(name="x", meta={**meta, "recipe": {**recipe, "batch_size": 48}}, test_seed=0, metrics=metrics,
+                    n_images=1, profile=profile)
+    assert not other.shipped_recipe
+    assert "vlmlens zoo train --version 2" not in other.to_markdown()
