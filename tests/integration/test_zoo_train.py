@@ -128,7 +128,7 @@ def test_v2_report_writes_the_measured_card(late_v2, tmp_path):
     for stage in read_meta(folder)["stages"]:
         assert f"| `{stage['name']}` | {stage['steps']:,} |" in text
     assert card["profile"]["n_questions"] == 12 and len(card["profile"]["answer_margin"]) == 2  # 2 tiny text layers
-    assert card["shipped_recipe"] is False  # a shortened recipe: `zoo train` would not rebuild it
+    assert card["code_recipe"] is False  # a shortened recipe: `zoo train` would not rebuild it
     assert "# not vlmlens.zoo.fusion.FUSION_RECIPES: rebuild with train_fusion" in text
 
 

@@ -76,7 +76,7 @@ class ZooCard:
     profile: LayerProfile
 
     @property
-    def shipped_recipe(self) -> bool:
+    def code_recipe(self) -> bool:
         """Whether the checkpoint was trained with its arm's recipe in :data:`FUSION_RECIPES`
         (a pilot's variant is not, and ``vlmlens zoo train`` would not rebuild it)."""
         code = json.loads(json.dumps(recipe_dict(FUSION_RECIPES[self.meta["family"]])))
@@ -90,7 +90,7 @@ class ZooCard:
             "fusion": self.meta["fusion"],
             "train_seed": self.meta["seed"],
             "test_seed": self.test_seed,
-            "shipped_recipe": self.shipped_recipe,
+            "code_recipe": self.code_recipe,
             "n_images": self.n_images,
             "metrics": {s: m.to_dict() for s, m in self.metrics.items()},
             "profile": self.profile.to_dict(),
@@ -115,7 +115,7 @@ class ZooCard:
         )
         adv, pop = self.metrics["adversarial"].fp, self.metrics["popular"].fp
         ratio = f" ({adv / pop:.1f}x)" if pop else ""
-        if self.shipped_recipe:
+        if self.code_recipe:
             rebuild = (f"vlmlens zoo train --version 2 --family {m['family']} --seed {m['seed']} --out DIR "
                        f"--threads {m['threads']}")
         else:

@@ -111,12 +111,12 @@ def test_card_names_the_rebuild_command_only_for_the_code_recipe():
     metrics = {s: PopeMetrics(tp=3, fp=2 if s == "adversarial" else 1, tn=1, fn=0)
                for s in ("adversarial", "popular", "random")}
     card = ZooCard(name="toy-qwen2vl-v2-seed2", meta=meta, test_seed=0, metrics=metrics, n_images=1, profile=profile)
-    assert card.shipped_recipe
+    assert card.code_recipe
     text = card.to_markdown()
     assert "vlmlens zoo train --version 2 --family qwen2_vl --seed 2 --out DIR --threads 1" in text
     assert "against popular ones: 2\nvs 1 (2.0x)." in text
     assert "| `joint` | 2,000 | 0.001 | tower, projector, lm | yes |" in text
     other = ZooCard(name="x", meta={**meta, "recipe": {**recipe, "batch_size": 48}}, test_seed=0, metrics=metrics,
                     n_images=1, profile=profile)
-    assert not other.shipped_recipe
+    assert not other.code_recipe
     assert "vlmlens zoo train --version 2" not in other.to_markdown()
