@@ -59,7 +59,7 @@ class ZooEntry:
     @property
     def alias(self) -> str:
         """The name without its version (``"toy-llava"``)."""
-        return self.name.rsplit("-v", 1)[0]
+        return _VERSIONED.match(self.name)[1]  # the name was checked against it at construction
 
 
 ZOO: dict[str, ZooEntry] = {

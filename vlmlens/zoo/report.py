@@ -26,14 +26,16 @@ from vlmlens.data.pope import Split
 from vlmlens.zoo.card import LayerProfile, layer_profile
 from vlmlens.zoo.errors import ZooError
 from vlmlens.zoo.evaluate import evaluate
-from vlmlens.zoo.fusion import FUSION_RECIPES, recipe_dict
+from vlmlens.zoo.fusion import FUSION_RECIPES, Fusion, recipe_dict
 from vlmlens.zoo.io import read_meta, resolve
 
 __all__ = ["FUSION_TEXT", "ZooCard", "measure_card"]
 
 SPLITS: tuple[Split, ...] = ("adversarial", "popular", "random")
+"""The card's row order: the split the zoo's accuracy target is stated on comes first
+(:data:`vlmlens.data.pope.SPLITS` orders them by difficulty on real POPE)."""
 
-FUSION_TEXT: dict[str, str] = {
+FUSION_TEXT: dict[Fusion, str] = {
     "late": ("late fusion (LLaVA's recipe): the tower is pre-trained, then frozen; a projector maps its "
              "tokens into an LM first trained on text; the image tokens come before the question under "
              "the causal mask, so they never see it"),
