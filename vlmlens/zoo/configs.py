@@ -169,7 +169,7 @@ def dims(size: Size) -> Dims:
 
 def build_config(
     family: Family,
-    size: Size = "tiny",
+    size: Size | Dims = "tiny",
     *,
     tokenizer: PreTrainedTokenizerFast | None = None,
 ) -> PretrainedConfig:
@@ -177,7 +177,7 @@ def build_config(
 
     Args:
         family: ``"llava"``, ``"paligemma"`` or ``"qwen2_vl"``.
-        size: ``"tiny"``, ``"toy"`` or ``"toy2"``.
+        size: ``"tiny"``, ``"toy"`` or ``"toy2"``, or the :class:`Dims` themselves.
         tokenizer: The tokenizer the model will use (default: the family's zoo tokenizer).
             For PaliGemma pass the processor's tokenizer.
 
@@ -189,7 +189,7 @@ def build_config(
         ZooError: For an unknown size.
     """
     check_family(family)
-    d = dims(size)
+    d = size if isinstance(size, Dims) else dims(size)
     tok = tokenizer if tokenizer is not None else build_tokenizer(family)
     vocab_size = len(tok)
     if family == "llava":

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from vlmlens.data import SynthConfig
-from vlmlens.zoo.configs import Size
+from vlmlens.zoo.configs import Dims, Size, dims
 from vlmlens.zoo.data import DataConfig
 from vlmlens.zoo.errors import ZooError, check_family
 from vlmlens.zoo.io import write_meta
@@ -96,6 +96,9 @@ class FusionRecipe:
             family's default).
         qwen_min_size: Qwen2-VL only: smallest image side kept as is by the processor.
         size: Model dimensions: ``"toy2"`` for the zoo, ``"tiny"`` for quick tests.
+        patch_size: The tower's patch side in pixels (Qwen2-VL's before its 2x2 merger);
+            ``None`` keeps the size's (:attr:`Dims.patch_size`). A 16 px patch gives a
+            64 px image 16 tokens, as Qwen2-VL's 8 px patches merged 2x2 do.
     """
 
     fusion: Fusion
@@ -111,6 +114,7 @@ class FusionRecipe:
     tie_word_embeddings: bool | None = True
     qwen_min_size: int = 32
     size: Size = "toy2"
+    patch_size: int | None = None
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -125,6 +129,17 @@ class FusionRecipe:
             raise ZooError(f"FusionRecipe.vision_pretrain_steps must be >= 0; got {self.vision_pretrain_steps}.")
         if self.freeze_vision and self.vision_pretrain_steps == 0:
             raise ZooError("No stage trains the tower and vision_pretrain_steps is 0: the tower would stay random.")
+        _ = self.dims  # a patch_size that does not tile the images fails here, not mid-run
+
+    @property
+    def dims(self) -> Dims:
+        """The model dimensions: those of :attr:`size`, with :attr:`patch_size` if set.
+
+        Raises:
+            ZooError: If the images are not a whole number of patches.
+        """
+        d = dims(self.size)
+        return d if self.patch_size is None else dataclasses.replace(d, patch_size=self.patch_size)
 
     @property
     def steps(self) -> int:

@@ -28,7 +28,7 @@ from transformers import PreTrainedModel
 
 from vlmlens.data import SynthConfig
 from vlmlens.progress import progress_bar
-from vlmlens.zoo.configs import Size, build_config, dims
+from vlmlens.zoo.configs import Dims, Size, build_config, dims
 from vlmlens.zoo.data import DataConfig, TrainSet, build_train_set, collate
 from vlmlens.zoo.errors import ZooError, check_family
 from vlmlens.zoo.io import save_processor, write_meta
@@ -108,6 +108,11 @@ class Recipe:
             raise ZooError(f"Learning rates must be positive; got {self.lr}, {self.vision_pretrain_lr}.")
         if self.freeze_vision and self.vision_pretrain_steps == 0:
             raise ZooError("Recipe.freeze_vision needs vision_pretrain_steps > 0 (a frozen random tower).")
+
+    @property
+    def dims(self) -> Dims:
+        """The model dimensions: those of :attr:`size`."""
+        return dims(self.size)
 
 
 RECIPES: dict[Family, Recipe] = {
@@ -251,7 +256,7 @@ def prepare(
     Args:
         family: Model family.
         r: A :class:`Recipe` or :class:`~vlmlens.zoo.fusion.FusionRecipe` (both have
-            ``size``, ``qwen_min_size``, ``vision_feature_layer``, ``tie_word_embeddings``,
+            ``dims``, ``size``, ``qwen_min_size``, ``vision_feature_layer``, ``tie_word_embeddings``,
             ``data``, ``vision_pretrain_*`` and ``freeze_vision``).
         seed: Seed of the weights and of the tower pre-training.
         progress: Show a tqdm progress bar.
@@ -262,10 +267,10 @@ def prepare(
         ``(model, processor, train_set, tower_result)``; ``tower_result`` is ``None``
         without tower pre-training.
     """
-    d = dims(r.size)
+    d = r.dims
     image_size = r.qwen_min_size if family == "qwen2_vl" else d.image_size
     processor = build_processor(family, image_size=image_size, patch_size=d.patch_size)
-    config = build_config(family, r.size, tokenizer=processor.tokenizer)
+    config = build_config(family, d, tokenizer=processor.tokenizer)
     if family == "llava" and r.vision_feature_layer is not None:
         config.vision_feature_layer = r.vision_feature_layer
     if r.tie_word_embeddings is not None:

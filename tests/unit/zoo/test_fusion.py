@@ -18,6 +18,7 @@ from vlmlens.zoo.errors import ZooError
 from vlmlens.zoo.fusion import FUSION_OF, FUSION_RECIPES, FusionRecipe
 from vlmlens.zoo.pretrain import warmup_cosine
 from vlmlens.zoo.stages import PARTS, Sampler, Stage, part_modules, report, set_trainable
+from vlmlens.zoo.train import prepare
 
 FAMILIES = ["llava", "paligemma", "qwen2_vl"]
 SMALL = DataConfig(n_images=4, image_sizes=(32, 48), synth=SynthConfig(object_scale=(0.2, 0.3)), grounding_rate=0.2)
@@ -139,6 +140,23 @@ def test_recipe_validation():
         FusionRecipe(fusion="late", stages=(lm, lm))
     with pytest.raises(dataclasses.FrozenInstanceError):
         FUSION_RECIPES["llava"].batch_size = 3  # type: ignore[misc]
+    with pytest.raises(ZooError, match="image_size=64 is not a multiple of patch_size=24"):
+        dataclasses.replace(FUSION_RECIPES["llava"], patch_size=24)
+
+
+@pytest.mark.parametrize("family", ["llava", "paligemma"])
+def test_patch_size_sets_the_towers_patches_and_image_tokens(family):
+    recipe = dataclasses.replace(
+        FUSION_RECIPES[family], size="tiny", patch_size=16, data=DataConfig(n_images=2, image_sizes=(48,))
+    )
+    assert recipe.dims.patch_size == 16 and FUSION_RECIPES[family].dims.patch_size == 8
+    model, _, ts, _ = prepare(family, recipe, 0, pretrain=False, progress=False)
+    assert model.config.vision_config.patch_size == 16
+    assert int((ts.prompts[0]["input_ids"] == ts.image_token_id).sum()) == (32 // 16) ** 2
+    ids = ts.prompts[0]["input_ids"][None]
+    with torch.no_grad():  # HF checks that the tower gives one feature per image token
+        logits = model(input_ids=ids, pixel_values=ts.pixels[0]["pixel_values"][None]).logits
+    assert logits.shape[:2] == ids.shape
 
 
 @pytest.mark.parametrize("family", FAMILIES)
