@@ -3,7 +3,7 @@
 The top-level ``vlmlens`` command dispatches ``vlmlens zoo ...`` here::
 
     vlmlens zoo list
-    vlmlens zoo train --family llava --out DIR --seed 0 [--steps N] [--threads 1] [--version 2]
+    vlmlens zoo train --family llava --out DIR --seed 0 [--steps N] [--threads 1] [--version 2|1]
     vlmlens zoo eval toy-llava --split adversarial [--n-images 500] [--seed 0]
     vlmlens zoo card toy-llava [--n-images 100]
     vlmlens zoo report DIR --out docs/zoo [--name toy-llava-v2]
@@ -47,9 +47,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p_train.add_argument(
         "--version",
         type=int,
-        default=1,
-        choices=[1, 2],
-        help="zoo recipe: 1 = the shipped toys, 2 = the fusion experiment (vlmlens.zoo.fusion)",
+        default=2,
+        choices=[2, 1],
+        help="zoo recipe: 2 = the fusion experiment, the default toys (vlmlens.zoo.fusion); "
+        "1 = the shared-recipe toys toy-*-v1",
     )
     p_train.add_argument(
         "--restart",

@@ -1,7 +1,9 @@
 """Zoo v2: three toys that differ only in *when and how* vision is fused.
 
 The three arms share the dimensions (:data:`vlmlens.zoo.configs.DIMS` ``["toy2"]``: 6 text
-layers of width 192, 2 key-value heads everywhere), the training scenes and examples, the
+layers of width 192, 2 key-value heads everywhere), the number of image tokens (16 per 64 px
+image: LLaVA's and PaliGemma's towers cut 16 px patches, Qwen2-VL's cuts 8 px patches and
+merges them 2x2), the training scenes and examples, the
 vision-tower pre-training, the batch size and the total number of optimiser steps. No arm
 has an auxiliary readout: every loss is the language-modelling loss on answer tokens.
 Every arm's LM is first pre-trained on the examples' text with the images withheld (the same
@@ -195,11 +197,11 @@ def _native() -> tuple[Stage, ...]:
 
 
 FUSION_RECIPES: dict[Family, FusionRecipe] = {
-    "llava": FusionRecipe(fusion="late", stages=_late()),
-    "paligemma": FusionRecipe(fusion="early", stages=_early()),
+    "llava": FusionRecipe(fusion="late", stages=_late(), patch_size=16),
+    "paligemma": FusionRecipe(fusion="early", stages=_early(), patch_size=16),
     "qwen2_vl": FusionRecipe(fusion="native", stages=_native()),
 }
-"""The zoo v2 recipe of each family's arm."""
+"""The zoo v2 recipe of each family's arm (the search that fixed it: docs/zoo/v2.md)."""
 
 
 @dataclass(frozen=True, kw_only=True)

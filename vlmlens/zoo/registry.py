@@ -7,12 +7,12 @@ default moves.
 
 Examples:
     >>> from vlmlens.zoo.registry import ZOO, canonical, checkpoint_path
-    >>> sorted(ZOO)
-    ['toy-llava-v1', 'toy-paligemma-v1', 'toy-qwen2vl-v1']
+    >>> sorted(ZOO)[:3]
+    ['toy-llava-v1', 'toy-llava-v2', 'toy-paligemma-v1']
     >>> canonical("toy-llava")
-    'toy-llava-v1'
+    'toy-llava-v2'
     >>> checkpoint_path("toy-llava").name
-    'toy-llava-v1'
+    'toy-llava-v2'
 """
 
 from __future__ import annotations
@@ -86,11 +86,32 @@ ZOO: dict[str, ZooEntry] = {
             version=1,
             description="ViT with 2x2 patch merger + Qwen2 with M-RoPE, dynamic resolution; end to end",
         ),
+        ZooEntry(
+            name="toy-llava-v2",
+            family="llava",
+            architecture="LlavaForConditionalGeneration",
+            version=2,
+            description="fusion experiment, late arm: tower pre-trained and frozen, projector, text-first LM, causal",
+        ),
+        ZooEntry(
+            name="toy-paligemma-v2",
+            family="paligemma",
+            architecture="PaliGemmaForConditionalGeneration",
+            version=2,
+            description="fusion experiment, early arm: tower, projector and LM trained together, prefix-LM",
+        ),
+        ZooEntry(
+            name="toy-qwen2vl-v2",
+            family="qwen2_vl",
+            architecture="Qwen2VLForConditionalGeneration",
+            version=2,
+            description="fusion experiment, native arm: tower + merger aligned, then joint; M-RoPE, dynamic sizes",
+        ),
     )
 }
 """The zoo's models by versioned name."""
 
-DEFAULT_VERSION = 1
+DEFAULT_VERSION = 2
 """The version the plain names (``toy-llava``) load."""
 
 ALIASES: dict[str, str] = {e.alias: e.name for e in ZOO.values() if e.version == DEFAULT_VERSION}

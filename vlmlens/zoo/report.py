@@ -128,7 +128,7 @@ class ZooCard:
 Zoo v2, the **{m['fusion']}-fusion arm** ({m['family']}), training seed {m['seed']}:
 {FUSION_TEXT[m['fusion']]}. {m['n_params']:,} parameters, trained in {m['train_seconds'] / 60:.1f} min on
 {m['threads']} CPU thread(s) (torch {m['versions'].get('torch', '?')}, transformers
-{m['versions'].get('transformers', '?')}).
+{m['versions'].get('transformers', '?')}, CPU kernels {m['versions'].get('cpu', 'not recorded')}).
 
 {CAVEAT}
 
@@ -177,7 +177,8 @@ accuracy and the share of answers that flip (95% bootstrap CI over images).
 vlmlens zoo report DIR --name {self.name} --out docs/zoo
 ```
 
-Same seed, recipe, thread count and library versions give bit-identical weights.
+Same seed, recipe, thread count, library versions and CPU kernels (AVX2, AVX512, ...: torch's
+kernels round differently) give bit-identical weights.
 """
 
 

@@ -387,7 +387,8 @@ def _meta(result: TrainResult, r: Recipe) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
-    """The library versions a checkpoint was trained with (weights depend on them)."""
+    """The library versions a checkpoint was trained with, and the CPU kernels torch
+    dispatches to (``"AVX2"``, ``"AVX512"``, ...): the weights depend on all of them."""
     return {
         "torch": str(torch.__version__),  # a TorchVersion otherwise, which snapshots cannot load safely
         "transformers": transformers.__version__,
@@ -395,6 +396,7 @@ def versions() -> dict[str, str]:
         "pillow": PIL.__version__,
         "vlmlens": _installed("vlmlens"),
         "python": platform.python_version(),
+        "cpu": torch.backends.cpu.get_cpu_capability(),
     }
 
 

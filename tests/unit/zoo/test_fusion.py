@@ -149,7 +149,7 @@ def test_patch_size_sets_the_towers_patches_and_image_tokens(family):
     recipe = dataclasses.replace(
         FUSION_RECIPES[family], size="tiny", patch_size=16, data=DataConfig(n_images=2, image_sizes=(48,))
     )
-    assert recipe.dims.patch_size == 16 and FUSION_RECIPES[family].dims.patch_size == 8
+    assert recipe.dims.patch_size == 16 and dataclasses.replace(recipe, patch_size=None).dims.patch_size == 8
     model, _, ts, _ = prepare(family, recipe, 0, pretrain=False, progress=False)
     assert model.config.vision_config.patch_size == 16
     assert int((ts.prompts[0]["input_ids"] == ts.image_token_id).sum()) == (32 // 16) ** 2
@@ -157,6 +157,16 @@ def test_patch_size_sets_the_towers_patches_and_image_tokens(family):
     with torch.no_grad():  # HF checks that the tower gives one feature per image token
         logits = model(input_ids=ids, pixel_values=ts.pixels[0]["pixel_values"][None]).logits
     assert logits.shape[:2] == ids.shape
+
+
+def test_arms_give_the_lm_the_same_image_tokens():
+    counts = {}
+    for family in FAMILIES:
+        recipe = dataclasses.replace(FUSION_RECIPES[family], data=DataConfig(n_images=2, image_sizes=(48, 64)))
+        _, _, ts, _ = prepare(family, recipe, 0, pretrain=False, progress=False)
+        counts[family] = sorted({int((p["input_ids"] == ts.image_token_id).sum()) for p in ts.prompts})
+    # Qwen2-VL keeps each image's size: 48 px -> 9 merged tokens, 64 px -> 16; the others resize to 64 px.
+    assert counts == {"llava": [16], "paligemma": [16], "qwen2_vl": [9, 16]}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -219,13 +229,13 @@ def test_cli_version_flag():
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")
     add_parser(sub)
-    args = parser.parse_args(["zoo", "train", "--family", "paligemma", "--out", "x", "--version", "2"])
-    assert (args.version, args.restart) == (2, False)
-    assert parser.parse_args(["zoo", "train", "--family", "llava", "--out", "x"]).version == 1
+    args = parser.parse_args(["zoo", "train", "--family", "paligemma", "--out", "x", "--version", "1"])
+    assert (args.version, args.restart) == (1, False)
+    assert parser.parse_args(["zoo", "train", "--family", "llava", "--out", "x"]).version == 2
 
 
 def test_cli_restart_is_for_version_2(tmp_path, capsys):
-    assert main(["train", "--family", "llava", "--out", str(tmp_path), "--restart"]) == 2
+    assert main(["train", "--family", "llava", "--out", str(tmp_path), "--version", "1", "--restart"]) == 2
     assert "--restart applies to --version 2 runs" in capsys.readouterr().out
     assert not any(tmp_path.iterdir())
 

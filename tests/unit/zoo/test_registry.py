@@ -30,7 +30,7 @@ MAX_BYTES = 10 * 1024 * 1024
 
 
 def test_zoo_names():
-    assert VERSIONED == ["toy-llava-v1", "toy-paligemma-v1", "toy-qwen2vl-v1"]
+    assert VERSIONED == [f"toy-{m}-v{v}" for m in ("llava", "paligemma", "qwen2vl") for v in (1, 2)]
     assert NAMES == ("toy-llava", "toy-paligemma", "toy-qwen2vl", *VERSIONED)
 
 

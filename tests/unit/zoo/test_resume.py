@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ from vlmlens.zoo.errors import ZooError
 from vlmlens.zoo.pretrain import PretrainResult
 from vlmlens.zoo.resume import RunState, load_state, save_state, state_path
 from vlmlens.zoo.stages import StageResult, StageState
+from vlmlens.zoo.train import versions
 
 KEY = {"format": 1, "family": "llava", "seed": 0, "recipe": {"stages": ({"name": "a", "steps": 3},)}, "threads": 1}
 
@@ -61,6 +64,18 @@ def test_snapshot_of_another_run_names_what_differs(tmp_path):
         load_state(path, other)
     with pytest.raises(ZooError, match=r"differs in: versions"):
         load_state(path, {**KEY, "versions": {"torch": "2.13.0"}})
+
+
+def test_snapshot_from_other_cpu_kernels_is_refused(tmp_path):
+    # AVX2 and AVX512 kernels round differently: a run resumed on the other would be neither.
+    here = versions()
+    assert here["cpu"] == torch.backends.cpu.get_cpu_capability()
+    path = state_path(tmp_path)
+    save_state(path, dataclasses.replace(run_state(), key={**KEY, "versions": here}))
+    assert load_state(path, {**KEY, "versions": here}) is not None
+    other = "AVX512" if here["cpu"] != "AVX512" else "AVX2"
+    with pytest.raises(ZooError, match=r"differs in: versions"):
+        load_state(path, {**KEY, "versions": {**here, "cpu": other}})
 
 
 def test_unreadable_or_incomplete_snapshot_is_a_clear_error(tmp_path):
