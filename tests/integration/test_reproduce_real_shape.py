@@ -4,9 +4,12 @@ Each family's published architecture (``vlmlens.real_shapes``: LLaVA-1.5-7B, Pal
 Qwen2-VL-2B widths, heads, vocabularies, image sizes; one text block) is saved with random
 weights to a folder and run through the real command line, as for a downloaded checkpoint:
 ``--pope FILE --images DIR --dtype bfloat16 --device cpu --batch-size N``, with a POPE
-question file and JPEG images in POPE's layout. ``--config`` shrinks the sweeps so that it
+question file and JPEG images in POPE's layout. The dtype is bfloat16 where the CPU runs it
+natively (oneDNN bf16: AVX512-BF16 or AMX) and float32 elsewhere: on an AVX2-only CPU torch's
+bf16 matrix products fall back to a path about ten times slower than float32's, which would
+take hours here. ``--config`` shrinks the sweeps so that it
 fits a CPU; every phase still runs (per-sample pass, probes, masking, ablation,
-destruction, the identification readout, the report). Slow: about a minute per family on 2 cores.
+destruction, the identification readout, the report). Slow: about a minute per family on 2 cores where bf16 is native, 3 on an AVX2 CPU.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from vlmlens.cli import main
 from vlmlens.real_shapes import save_real_shape
@@ -34,6 +38,7 @@ SMALL = {  # every phase runs, each at its smallest
                   "mlp_hidden": 8},
     "identify": {"max_new_tokens": 4},
 }
+DTYPE = "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
 SIZES = {"llava": 336, "paligemma": 224, "qwen2_vl": 112}  # Qwen2-VL keeps the size: 112 px = 16 tokens
 
 
@@ -60,7 +65,7 @@ def test_reproduce_runs_a_real_architecture_checkpoint_folder(family, tmp_path, 
     (tmp_path / "small.json").write_text(json.dumps(SMALL))
     out = tmp_path / "run"
     rc = main(["-q", "reproduce", "--models", str(checkpoint), "--pope", str(questions), "--images", str(images),
-               "--dtype", "bfloat16", "--device", "cpu", "--batch-size", str(N), "--n", str(N_IMAGES),
+               "--dtype", DTYPE, "--device", "cpu", "--batch-size", str(N), "--n", str(N_IMAGES),
                "--config", str(tmp_path / "small.json"), "--identify", "--resamples", "20", "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
